@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the test suite (offline, a few minutes on 2 CPU cores). Creates .venv first if no
+# active environment has the dependencies. Extra arguments go to pytest: ./run_tests.sh -k models
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_env.sh
+exec "$PYTHON" -m pytest "$@"

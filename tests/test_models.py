@@ -1,0 +1,239 @@
+"""The three networks: construction, structure, the timm peer check, inputs, errors, summary."""
+import pytest
+import torch
+import torch.nn as nn
+
+from hrsnet import create_model, list_models
+from hrsnet.models import HRNetConfig, config_differences, summary
+from hrsnet.models.blocks import BasicBlock, Bottleneck, PreActBlock
+
+NAMES = ["hrnet", "hrnet_official", "hrsnet"]
+
+
+def test_list_models():
+    assert list_models() == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("width", [2, 18, 30])
+def test_presets_build(name, width):
+    with torch.device("meta"):  # shapes only: building C=30 for real is slow and proves nothing more
+        model = create_model(name, width=width, num_classes=100)
+    assert model.classifier.out_features == 100
+    assert model.transition1[0][0].out_channels == width
+    assert model.stage4[-1].branches[3][0].conv1.in_channels == 8 * width
+
+
+def _randomize(model: nn.Module, seed: int = 0) -> None:
+    """Random weights and BatchNorm statistics, so equal outputs mean equal structure."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.2 + 0.9
+                             if tensor.dim() == 1 else torch.randn(tensor.shape, generator=generator) * 0.05)
+
+
+def test_official_matches_timm_hrnet_w18():
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("hrnet_w18", pretrained=False, num_classes=1000).eval()
+    _randomize(reference)
+    ours = create_model("hrnet_official", width=18, num_classes=1000).eval()
+    assert sum(p.numel() for p in ours.parameters()) == 21_299_004
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    # Same module names as the official code: timm's state dict loads strictly.
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = reference(x), ours(x)
+    assert expected.abs().max() > 1e-2  # not a degenerate all-zero comparison
+    assert (expected - actual).abs().max().item() < 1e-4
+
+
+def test_official_flops_match_timm():
+    timm = pytest.importorskip("timm")
+    from hrsnet.models import count_forward_flops
+    reference = timm.create_model("hrnet_w18", pretrained=False, num_classes=100)
+    ours = summary("hrnet_official", width=18, image_size=64, num_classes=100)
+    assert ours.forward_flops == count_forward_flops(reference, 64)
+    assert ours.parameters == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [32, 64, 33, 50])
+def test_input_sizes(name, size):
+    model = create_model(name, width=2, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_input_224_and_non_square(name):
+    model = create_model(name, width=1, num_classes=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1)
+        assert model(torch.randn(1, 3, 40, 96)).shape == (1, 1)
+
+
+def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((actual.double() - reference.double()).norm() / reference.double().norm()).item()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_matches_contiguous(name):
+    # Fresh BatchNorm statistics in eval mode give logits in the 1e5-1e8 range, so compare
+    # by norm against a float64 reference: float32 rounding lands near 1e-6 for either layout.
+    torch.manual_seed(0)
+    model = create_model(name, width=3, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model.double()(x.double())
+        contiguous = model.float()(x)
+        channels_last = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert relative_error(contiguous, reference) < 1e-5
+    assert relative_error(channels_last, reference) < 1e-5
+    assert relative_error(channels_last, contiguous) < 1e-5
+
+
+def test_train_step_backward_works():
+    model = create_model("hrsnet", width=2, num_classes=5)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# --- the differences between the presets are real structure, not labels -------------------
+
+def test_units_and_overrides():
+    assert isinstance(create_model("hrnet_official", width=2).stage2[0].branches[0][0], BasicBlock)
+    assert isinstance(create_model("hrnet", width=2).stage2[0].branches[0][0], PreActBlock)
+    ablation = create_model("hrnet", width=2, unit="basic")
+    assert isinstance(ablation.stage2[0].branches[0][0], BasicBlock)
+    assert ablation.config.new_branch == "fuse"  # only the one field changed
+
+
+def test_module_counts():
+    for name, counts in [("hrnet_official", (1, 4, 3)), ("hrnet", (1, 4, 3)), ("hrsnet", (4, 4, 4))]:
+        model = create_model(name, width=2)
+        assert (len(model.stage2), len(model.stage3), len(model.stage4)) == counts
+
+
+def test_new_branch_from_fusion_vs_last_branch():
+    official = create_model("hrnet_official", width=4)
+    assert official.transition2 is not None and len(official.stage2[-1].fuse_layers) == 2
+    report = create_model("hrnet", width=4)
+    assert report.transition2 is None and report.transition3 is None
+    # The last module of stages 2 and 3 makes one more output, fed by every branch.
+    assert len(report.stage2[-1].fuse_layers) == 3 and len(report.stage2[-1].fuse_layers[2]) == 2
+    assert len(report.stage3[-1].fuse_layers) == 4 and len(report.stage3[0].fuse_layers) == 3
+
+
+def _chain_convs(chain):
+    return [(step[0].in_channels, step[0].out_channels, any(isinstance(m, nn.ReLU) for m in step))
+            for step in chain]
+
+
+def test_fusion_chain_widths_and_relus():
+    c = 3
+    official = create_model("hrnet_official", width=c).stage4[0].fuse_layers[3][0]
+    assert _chain_convs(official) == [(c, c, True), (c, c, True), (c, 8 * c, False)]
+    report = create_model("hrnet", width=c).stage4[0].fuse_layers[3][0]
+    assert _chain_convs(report) == [(c, 2 * c, False), (2 * c, 4 * c, False), (4 * c, 8 * c, True)]
+
+
+def test_conv_bias():
+    official, report = create_model("hrnet_official", width=2), create_model("hrnet", width=2)
+    assert official.conv1.bias is None and report.conv1.bias is not None
+    assert report.stage2[0].fuse_layers[0][1][0].bias is not None
+    assert report.stage2[0].branches[0][0].conv1.bias is None  # pre-act units stay bias-free
+    assert official.final_layer[0].bias is not None  # as in the official head
+
+
+def test_preact_unit_order():
+    torch.manual_seed(0)
+    unit = PreActBlock(4).eval()
+    _randomize(unit)
+    x = torch.randn(2, 4, 8, 8)
+    expected = x + unit.conv2(torch.relu(unit.bn2(unit.conv1(torch.relu(unit.bn1(x))))))
+    torch.testing.assert_close(unit(x), expected)
+    assert (unit(x) < 0).any()  # no ReLU after the addition
+
+
+def test_head_activation_before_add():
+    unit = Bottleneck(8, 4, activation_after_add=False).eval()
+    _randomize(unit)
+    x = torch.randn(2, 8, 6, 6)
+    residual = torch.relu(unit.bn3(unit.conv3(torch.relu(unit.bn2(unit.conv2(torch.relu(unit.bn1(unit.conv1(x)))))))))
+    torch.testing.assert_close(unit(x), residual + unit.downsample(x))
+
+
+def test_stage_skip_feeds_last_module():
+    model = create_model("hrsnet", width=2).eval()
+    _randomize(model)
+    stage = model.stage3
+    seen = {}
+    stage.register_forward_pre_hook(lambda m, args: seen.__setitem__("stage_in", [t.clone() for t in args[0]]))
+    stage[2].register_forward_hook(lambda m, args, out: seen.__setitem__("third_out", [t.clone() for t in out]))
+    stage[3].register_forward_pre_hook(lambda m, args: seen.__setitem__("last_in", [t.clone() for t in args[0]]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    for stage_in, third_out, last_in in zip(seen["stage_in"], seen["third_out"], seen["last_in"]):
+        torch.testing.assert_close(last_in, third_out + stage_in)
+    # Without the skip, the last module sees the third module's output alone.
+    plain = create_model("hrsnet", width=2, stage_skip=False)
+    assert not plain.stage3.stage_skip
+
+
+def test_config_differences_table():
+    rows = {row["field"]: row for row in config_differences()}
+    assert rows["unit"]["hrnet_official"] == "basic" and rows["unit"]["hrsnet"] == "preact"
+    assert rows["stage_skip"]["hrsnet"] is True
+
+
+# --- errors: raised at construction (or first forward), naming the argument ---------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="resnet50"), "valid names: hrnet, hrnet_official, hrsnet"),
+    (dict(name="hrnet", width=0), "width must be an integer >= 1"),
+    (dict(name="hrnet", width=2.5), "width must be an integer >= 1"),
+    (dict(name="hrnet", width=True), "width must be an integer >= 1"),
+    (dict(name="hrnet", num_classes=0), "num_classes must be an integer >= 1"),
+    (dict(name="hrnet", unit="dense"), "unit must be one of 'basic', 'preact'"),
+    (dict(name="hrnet", modules_per_stage=(1, 4)), "modules_per_stage must be three integers"),
+    (dict(name="hrnet", stage_skip=True), "stage_skip needs at least 2 modules"),
+    (dict(name="hrnet", dropout=0.1), "unknown model option"),
+])
+def test_construction_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(**kwargs)
+
+
+@pytest.mark.parametrize("x, match", [
+    (torch.randn(1, 3, 31, 64), "height and width must be >= 32, got 31x64"),
+    (torch.randn(3, 64, 64), "4-D float tensor"),
+    (torch.randn(1, 1, 64, 64), "3 channels"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float tensor"),
+    ([1, 2, 3], "torch.Tensor"),
+])
+def test_input_errors(x, match):
+    model = create_model("hrnet", width=1)
+    with pytest.raises(ValueError, match=match):
+        model(x)
+
+
+def test_config_is_frozen_and_round_trips():
+    config = create_model("hrsnet", width=2).config
+    with pytest.raises(Exception):
+        config.width = 3
+    assert HRNetConfig(**{**config.to_dict(), "modules_per_stage": [4, 4, 4]}) == config
+
+
+def test_summary_counts_match_the_model():
+    result = summary("hrsnet", width=2, image_size=64, num_classes=100)
+    model = create_model("hrsnet", width=2, num_classes=100)
+    assert result.parameters == result.trainable_parameters == sum(p.numel() for p in model.parameters())
+    assert result.forward_flops > 0
+    # Four times the pixels, (almost exactly) four times the conv FLOPs.
+    bigger = summary("hrsnet", width=2, image_size=128, num_classes=100)
+    assert 3.9 < bigger.forward_flops / result.forward_flops < 4.1
