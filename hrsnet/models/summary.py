@@ -55,3 +55,31 @@ def summary(name: str, width: int, image_size: int = 224, num_classes: int = 100
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return ModelSummary(name, width, image_size, num_classes, parameters, trainable,
                         count_forward_flops(model, image_size))
+
+
+# What the report and the HRNet papers say, to print beside our counts.
+CLAIMED_PARAMETERS = {
+    "hrnet_official": "HRNet-W18-C 21.3M, W30-C 37.7M (1000 classes)",
+    "hrnet": "about 13M (C not named)",
+    "hrsnet": "about 43M (C not named)",
+}
+
+
+def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, num_classes: int = 100):
+    """One row per network and width: parameters, FLOPs, and the claim they should be read beside."""
+    import pandas as pd
+
+    from .registry import list_models
+
+    rows = []
+    for name in names or list_models():
+        for width in widths:
+            result = summary(name, width, image_size, num_classes)
+            rows.append({
+                "network": name, "C": width, "parameters (M)": round(result.parameters / 1e6, 2),
+                "trainable (M)": round(result.trainable_parameters / 1e6, 2),
+                "forward GFLOPs": round(result.forward_flops / 1e9, 2),
+                "GMACs": round(result.forward_gmacs, 2),
+                "claimed": CLAIMED_PARAMETERS.get(name, ""),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,134 @@
+"""Command line: ``python -m hrsnet {train,summary,runs,bench} ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+def _train_defaults():
+    from .train import TrainConfig
+    return TrainConfig()
+
+
+def parse_model_option(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value): true/false -> bool, 1,2,3 -> tuple of ints, digits -> int."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--model-option expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if "," in raw:
+        return key, tuple(int(part) for part in raw.split(","))
+    return key, int(raw) if raw.lstrip("-").isdigit() else raw
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _train_defaults()
+    from .data import DATASETS
+    from .models import list_models
+    from .train import COMPILE_MODES, OPTIMIZERS, PRECISIONS, SWITCHES
+
+    g = parser.add_argument_group("what to train")
+    g.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")
+    g.add_argument("--width", type=int, default=d.width, help=f"C, width of the highest-resolution branch (default {d.width})")
+    g.add_argument("--model-option", action="append", default=[], type=parse_model_option, metavar="KEY=VALUE",
+                   help="override one model config field, e.g. unit=basic or modules_per_stage=4,4,4 (repeatable)")
+    g.add_argument("--dataset", default=d.dataset, help=f"{' or '.join(DATASETS)} (default {d.dataset})")
+    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/ (default: $HRSNET_DATA, else ./data)")
+    g.add_argument("--image-size", type=int, default=d.image_size, help=f"images are resized to this square size (default {d.image_size})")
+    g.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) and horizontal flip (off in the paper)")
+    g.add_argument("--train-subset", type=int, default=None, help="use only the first N training images (quick runs)")
+    g.add_argument("--val-subset", type=int, default=None)
+    g.add_argument("--test-subset", type=int, default=None)
+
+    g = parser.add_argument_group("optimisation (defaults: the released notebooks)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    g.add_argument("--optimizer", default=d.optimizer, help=f"{' or '.join(OPTIMIZERS)}; adam is the report's text (default {d.optimizer})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"(default {d.lr})")
+    g.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum or Adam beta1 (default {d.momentum})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience in epochs (default {d.patience})")
+    g.add_argument("--min-delta", type=float, default=d.min_delta)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--precision", default=d.precision, help=f"{', '.join(PRECISIONS)}; auto is bf16 autocast on CUDA, fp32 elsewhere")
+
+    g = parser.add_argument_group("how and where to run (not part of the run id)")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU)")
+    g.add_argument("--channels-last", default=d.channels_last, help=f"{', '.join(SWITCHES)} (auto: on for CUDA)")
+    g.add_argument("--compile", default=d.compile, help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default {d.compile})")
+    g.add_argument("--fused-optimizer", default=d.fused_optimizer, help=f"{', '.join(SWITCHES)} (auto: on for CUDA)")
+    g.add_argument("--eval-batch-size", type=int, default=None)
+    g.add_argument("--results-dir", default=d.results_dir, help=f"runs go to RESULTS_DIR/runs/<run_id>/ (default {d.results_dir})")
+    g.add_argument("--force", action="store_true", help="start over even if the run is finished or has a checkpoint")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .train import TrainConfig
+    return TrainConfig(
+        arch=args.arch, width=args.width, model_options=tuple(sorted(args.model_option)),
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
+        augment=args.augment, train_subset=args.train_subset, val_subset=args.val_subset,
+        test_subset=args.test_subset, seed=args.seed, precision=args.precision,
+        deterministic=args.deterministic, device=args.device, channels_last=args.channels_last,
+        compile=args.compile, fused_optimizer=args.fused_optimizer, eval_batch_size=args.eval_batch_size,
+        results_dir=args.results_dir, quiet=args.quiet)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+    config = config_from_args(args)
+    result = fit(config, force=args.force)
+    print(json.dumps({"run_id": config.run_id, "run_dir": str(result.run_dir), "status": result.status.state,
+                      "reason": result.status.reason, "test_metrics": result.test_metrics}, indent=2))
+    return 0 if result.status.state in ("complete", "early-stopped") else 3
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .models.summary import architecture_table
+    table = architecture_table(args.arch or None, args.width, args.image_size, args.num_classes)
+    from .tables import markdown_table
+    print(markdown_table(table) if args.markdown else table.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hrsnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train one network (resumes if a checkpoint exists)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(train)
+    train.set_defaults(handler=cmd_train)
+
+    summary = commands.add_parser("summary", help="parameters and FLOPs of the networks")
+    summary.add_argument("--arch", action="append", help="network (repeatable; default: all three)")
+    summary.add_argument("--width", type=int, nargs="+", default=[2, 18, 30])
+    summary.add_argument("--image-size", type=int, default=224)
+    summary.add_argument("--num-classes", type=int, default=100)
+    summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    summary.set_defaults(handler=cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataNotFoundError
+    from .train import CheckpointError
+    try:
+        return args.handler(args)
+    except (ValueError, DataNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny CIFAR-100-format directory, tiny training configs."""
+from __future__ import annotations
+
+import pytest
+from torchvision.datasets import CIFAR100
+
+from hrsnet.data import write_cifar100_fixture
+from hrsnet.train import TrainConfig
+
+
+@pytest.fixture(scope="session")
+def cifar_fixture_dir(tmp_path_factory):
+    """A small dataset in the real CIFAR-100 python format, and its MD5 sums."""
+    root = tmp_path_factory.mktemp("cifar")
+    checksums = write_cifar100_fixture(root, train_per_class=5, test_per_class=2)
+    return root, checksums
+
+
+@pytest.fixture
+def cifar_checksums(cifar_fixture_dir, monkeypatch):
+    """Point torchvision's checksum check at the fixture's files (the check itself still runs)."""
+    root, sums = cifar_fixture_dir
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", sums["train"]]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", sums["test"]]])
+    monkeypatch.setattr(CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": sums["meta"]})
+    return root
+
+
+def tiny_config(results_dir, **overrides) -> TrainConfig:
+    """A run that takes seconds on 2 CPU cores: digits, 32x32, width 2, small subsets."""
+    settings = dict(arch="hrnet", width=2, dataset="digits", image_size=32, epochs=2, batch_size=16,
+                    train_subset=96, val_subset=48, test_subset=64, device="cpu", quiet=True,
+                    results_dir=str(results_dir))
+    settings.update(overrides)
+    return TrainConfig(**settings)

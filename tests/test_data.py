@@ -1,0 +1,126 @@
+"""Datasets, splits and the device-side preprocessing."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from hrsnet import data
+from hrsnet.data import DataNotFoundError, load_dataset, preprocess, random_crop_flip, seeded_split
+
+# One level of an 8-bit pixel after normalisation with std 0.5, plus float32 rounding slack.
+ONE_UINT8_STEP = 2.0 / 255 + 1e-6
+
+
+def test_seeded_split_is_a_seeded_partition():
+    train, val = seeded_split(50_000, 0.2, seed=3)
+    assert (len(train), len(val)) == (40_000, 10_000)
+    assert set(train).isdisjoint(val) and len(set(train) | set(val)) == 50_000
+    assert seeded_split(50_000, 0.2, seed=3) == (train, val)
+    assert seeded_split(50_000, 0.2, seed=4)[1] != val
+
+
+def test_cifar100_loads_through_torchvision(cifar_checksums):
+    splits = load_dataset("cifar100", cifar_checksums, seed=0)
+    assert splits.num_classes == 100 and splits.class_names[:2] == ["apple", "aquarium_fish"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (400, 100, 200)
+    assert splits.train.images.dtype == torch.uint8 and splits.train.images.shape[1:] == (3, 32, 32)
+    assert sorted(splits.train_indices + splits.val_indices) == list(range(500))
+
+
+def test_cifar100_checksum_check_is_kept(cifar_fixture_dir):
+    root, _ = cifar_fixture_dir  # fixture files, real (unpatched) MD5 sums: they must not pass
+    with pytest.raises(DataNotFoundError, match="failed its checksum"):
+        load_dataset("cifar100", root, download=False)
+
+
+def test_missing_cifar100_offline_is_one_clear_line(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        import urllib.error
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", no_network)
+    with pytest.raises(DataNotFoundError) as error:
+        load_dataset("cifar100", tmp_path / "nothing-here")
+    message = str(error.value)
+    assert "\n" not in message and "URLError" in message
+    assert "cifar-100-python" in message and str(tmp_path / "nothing-here") in message and "HRSNET_DATA" in message
+
+
+def test_data_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HRSNET_DATA", str(tmp_path))
+    assert data.default_data_dir() == tmp_path
+
+
+def test_digits_dataset():
+    splits = load_dataset("digits", seed=0)
+    assert splits.name == "digits" and splits.class_names == [str(d) for d in range(10)]
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 1797
+    assert splits.train.images.shape[1:] == (3, 8, 8) and int(splits.train.images.max()) == 255
+    # The test set does not move with the run's seed; the train/val split does.
+    other = load_dataset("digits", seed=1)
+    assert torch.equal(other.test.images, splits.test.images)
+    assert not torch.equal(other.val.labels, splits.val.labels)
+
+
+def test_subsets():
+    splits = load_dataset("digits", train_subset=10, val_subset=5, test_subset=7)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 5, 7)
+
+
+@pytest.mark.parametrize("size", [224, 32, 40])
+def test_preprocess_matches_torchvision_pipeline(cifar_checksums, size):
+    """Batched interpolate vs PIL Resize + ToTensor + Normalize: within one uint8 step.
+
+    PIL rounds the resized image to uint8 before ToTensor; we stay in float. That rounding
+    is the whole difference: max <= 2/255 (one 8-bit level after std-0.5 normalisation).
+    """
+    images = load_dataset("cifar100", cifar_checksums).test.images[:16]
+    reference_pipeline = transforms.Compose([
+        transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    expected = torch.stack([reference_pipeline(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
+    actual = preprocess(images, size)
+    assert actual.dtype == torch.float32 and actual.shape == (16, 3, size, size)
+    difference = (actual - expected).abs()
+    assert difference.max().item() <= ONE_UINT8_STEP
+    assert difference.mean().item() < ONE_UINT8_STEP / 2
+
+
+def test_preprocess_upscales_digits_like_torchvision():
+    images = load_dataset("digits").test.images[:8]
+    pipeline = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                                   transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    expected = torch.stack([pipeline(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
+    assert (preprocess(images, 32) - expected).abs().max().item() <= ONE_UINT8_STEP
+
+
+def test_preprocess_channels_last_and_range():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    out = preprocess(images, 64, memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_image():
+    images = torch.rand(6, 3, 8, 8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(0), padding=4)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for original, augmented in zip(padded, out):
+        crops = [original[:, r:r + 8, c:c + 8] for r in range(9) for c in range(9)]
+        assert any(torch.equal(augmented, crop) or torch.equal(augmented, crop.flip(-1)) for crop in crops)
+    again = random_crop_flip(images, torch.Generator().manual_seed(0), padding=4)
+    assert torch.equal(out, again)  # the generator alone decides: resumable
+    assert not torch.equal(out, images)
+
+
+def test_augment_needs_a_generator():
+    with pytest.raises(ValueError, match="needs a torch.Generator"):
+        preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 32, augment=True)
+
+
+def test_fixture_writer_uses_real_format(tmp_path):
+    import pickle
+    data.write_cifar100_fixture(tmp_path, train_per_class=1, test_per_class=1)
+    with open(tmp_path / "cifar-100-python" / "train", "rb") as handle:
+        train = pickle.load(handle, encoding="latin1")
+    assert set(train) >= {"data", "fine_labels", "coarse_labels", "filenames"}
+    assert train["data"].dtype == np.uint8 and train["data"].shape == (100, 3072)

@@ -1,0 +1,266 @@
+"""The training engine: protocol defaults, run directory, early stopping, divergence, resume."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hrsnet.train as train_module
+from hrsnet import rundir
+from hrsnet.__main__ import main
+from hrsnet.train import CheckpointError, EarlyStopping, TrainConfig, fit, load_result
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_history(run_dir):
+    with open(Path(run_dir) / "history.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_defaults_follow_the_released_notebooks():
+    config = TrainConfig()
+    assert (config.dataset, config.image_size, config.batch_size, config.epochs) == ("cifar100", 224, 16, 25)
+    assert (config.optimizer, config.lr, config.momentum, config.weight_decay) == ("sgd", 0.005, 0.9, 0.0)
+    assert (config.patience, config.min_delta, config.val_fraction, config.augment) == (2, 0.0, 0.2, False)
+
+
+def test_adam_is_the_reports_text():
+    config = TrainConfig(optimizer="adam")
+    optimizer = train_module.make_optimizer(config, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["lr"] == 0.005 and optimizer.param_groups[0]["betas"][0] == 0.9
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(arch="resnet"), "arch must be one of hrnet, hrnet_official, hrsnet"),
+    (dict(optimizer="rmsprop"), "optimizer must be one of sgd, adam"),
+    (dict(width=0), "width must be an integer >= 1"),
+    (dict(epochs=0), "epochs must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(patience=-1), "patience must be an integer >= 0"),
+    (dict(dataset="imagenet"), "dataset must be one of cifar100, digits"),
+    (dict(image_size=16), "image_size must be an integer >= 32"),
+    (dict(lr=0), "lr must be a number > 0"),
+    (dict(device="tpu:x"), "device must be"),
+    (dict(model_options=(("unit", "dense"),)), "model_options: unit must be one of"),
+])
+def test_config_validation_fails_before_any_data(overrides, match, monkeypatch):
+    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**overrides)
+
+
+def test_cli_bad_value_is_one_line_and_nonzero(capsys):
+    assert main(["train", "--width", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "error: width must be an integer >= 1; got 0"
+
+
+def test_run_id_ignores_operational_settings(tmp_path):
+    a = tiny_config(tmp_path, device="cpu", quiet=True)
+    b = tiny_config(tmp_path / "elsewhere", device="auto", quiet=False, channels_last="on")
+    assert a.run_id == b.run_id and a.run_id.startswith("hrnet_c2_digits32_")
+    assert tiny_config(tmp_path, seed=1).run_id != a.run_id
+
+
+def test_run_directory_schema(tmp_path):
+    result = fit(tiny_config(tmp_path, epochs=2))
+    run_dir = result.run_dir
+    assert result.status.state == "complete"
+    history = read_history(run_dir)
+    assert list(history[0]) == rundir.HISTORY_COLUMNS and [int(r["epoch"]) for r in history] == [1, 2]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dataset"]["name"] == "digits" and config["train"]["arch"] == "hrnet"
+    assert {"torch", "torchvision", "git_commit", "device_name"} <= set(config["environment"])
+    assert config["parameters"] == sum(p.numel() for p in train_module.create_model("hrnet", 2, 10).parameters())
+    split = json.loads((run_dir / "split.json").read_text())
+    assert set(split["train_indices"]).isdisjoint(split["val_indices"])
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    for key in ("last", "best"):
+        assert set(metrics[key]) == {"top1", "top5", "loss", "epoch"} and 0 <= metrics[key]["top1"] <= 1
+    with open(run_dir / "per_class.csv") as stream:
+        per_class = list(csv.DictReader(stream))
+    assert list(per_class[0]) == rundir.PER_CLASS_COLUMNS and len(per_class) == 10
+    assert sum(int(r["support"]) for r in per_class) == 64
+    assert abs(sum(int(r["correct"]) for r in per_class) / 64 - metrics["last"]["top1"]) < 1e-9
+    examples = np.load(run_dir / "class_examples.npz")
+    assert examples["images"].dtype == np.uint8 and examples["images"].shape[1:] == (8, 8, 3)
+    assert rundir.read_status(run_dir) == rundir.RunStatus("complete", "reached the epoch limit (2)")
+    assert (run_dir / "last.pt").exists() and len(list(run_dir.glob("best_epoch*.pt"))) == 1
+    assert not list(run_dir.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_cifar100_fixture_trains_through_torchvision(tmp_path, cifar_checksums):
+    result = fit(tiny_config(tmp_path, dataset="cifar100", data_dir=str(cifar_checksums), epochs=1,
+                             train_subset=64, val_subset=32, test_subset=None))
+    assert result.status.state == "complete"
+    with open(result.run_dir / "per_class.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 100 and rows[0]["class_name"] == "apple"
+
+
+def test_finished_run_is_skipped_unless_forced(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    first = fit(config)
+    stamp = (first.run_dir / "history.csv").stat().st_mtime_ns
+    second = fit(config)
+    assert second.status.state == "complete" and (first.run_dir / "history.csv").stat().st_mtime_ns == stamp
+    assert second.test_metrics == first.test_metrics
+    fit(config, force=True)
+    assert (first.run_dir / "history.csv").stat().st_mtime_ns != stamp
+
+
+def test_early_stopping_semantics():
+    stopper = EarlyStopping(patience=2, min_delta=0.0)
+    assert stopper.update(1, 1.0) and not stopper.should_stop
+    assert not stopper.update(2, 1.0) and not stopper.should_stop  # equal is not better (min delta 0)
+    assert not stopper.update(3, 1.1) and stopper.should_stop
+    assert stopper.best_epoch == 1
+    zero = EarlyStopping(patience=0, min_delta=0.0)
+    zero.update(1, 1.0)
+    assert not zero.should_stop and not zero.update(2, 2.0) and zero.should_stop
+
+
+def test_early_stop_in_a_run_and_the_best_checkpoint(tmp_path, monkeypatch):
+    """Validation losses 1.0, 0.9, 0.95, 0.97: patience 2 stops after epoch 4; best is epoch 2."""
+    losses = iter([1.0, 0.9, 0.95, 0.97])
+    real_evaluate = train_module.Trainer.evaluate
+
+    def scripted(self, split, model=None):
+        result = real_evaluate(self, split, model)
+        if split is self.data.val:
+            result.loss = next(losses)
+        return result
+
+    monkeypatch.setattr(train_module.Trainer, "evaluate", scripted)
+    result = fit(tiny_config(tmp_path, epochs=10, patience=2))
+    assert result.status.state == "early-stopped"
+    assert "best 0.9000 at epoch 2" in result.status.reason
+    assert len(read_history(result.run_dir)) == 4
+    assert [p.name for p in result.run_dir.glob("best_epoch*.pt")] == ["best_epoch002.pt"]
+    assert result.test_metrics["best"]["epoch"] == 2 and result.test_metrics["last"]["epoch"] == 4
+
+
+def test_divergence_is_a_status_not_a_crash(tmp_path):
+    result = fit(tiny_config(tmp_path, lr=1e30, epochs=3))
+    assert result.status.state == "diverged"
+    assert "non-finite training loss" in result.status.reason and "epoch 1" in result.status.reason
+    history = read_history(result.run_dir)
+    assert len(history) == 1 and history[0]["train_loss"] == "nan"
+    metrics = json.loads((result.run_dir / "test_metrics.json").read_text())
+    assert metrics == {"last": None, "best": None}
+    assert fit(tiny_config(tmp_path, lr=1e30, epochs=3)).status.state == "diverged"  # finished: skipped
+
+
+def test_failure_leaves_completed_epochs_and_resumes(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=3, patience=10)
+    real_train = train_module.Trainer.train_one_epoch
+
+    def crash_in_epoch_3(self, epoch):
+        if epoch == 3:
+            raise RuntimeError("simulated out of memory")
+        return real_train(self, epoch)
+
+    monkeypatch.setattr(train_module.Trainer, "train_one_epoch", crash_in_epoch_3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(config)
+    status = rundir.read_status(config.run_dir())
+    assert status.state == "failed" and "simulated out of memory" in status.reason and "after epoch 2" in status.reason
+    assert len(read_history(config.run_dir())) == 2
+    monkeypatch.setattr(train_module.Trainer, "train_one_epoch", real_train)
+    assert fit(config).status.state == "complete"
+    assert [int(r["epoch"]) for r in read_history(config.run_dir())] == [1, 2, 3]
+
+
+def test_history_is_rewritten_from_the_checkpoint(tmp_path):
+    """A crash between the checkpoint and history.csv: the checkpoint is the source of truth."""
+    config = tiny_config(tmp_path, epochs=2)
+    fit(config)
+    run_dir = config.run_dir()
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    (run_dir / "history.csv").write_text("\n".join(lines[:-1]) + "\n")
+    (run_dir / "status").write_text("running\n\n")
+    fit(config)
+    assert len(read_history(run_dir)) == 2
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path, capsys):
+    config = tiny_config(tmp_path, epochs=1)
+    config.run_dir().mkdir(parents=True)
+    (config.run_dir() / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or unreadable"):
+        fit(config)
+
+
+def test_checkpoint_from_another_run_is_refused(tmp_path):
+    other = tiny_config(tmp_path, epochs=1, seed=5)
+    fit(other)
+    config = tiny_config(tmp_path, epochs=1)
+    config.run_dir().mkdir(parents=True)
+    (config.run_dir() / "last.pt").write_bytes((other.run_dir() / "last.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=f"belongs to run '{other.run_id}'"):
+        fit(config)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config)
+    state = torch.load(config.run_dir() / "last.pt", weights_only=True)
+    assert state["run_id"] == config.run_id and len(state["history"]) == 1
+
+
+def _train_command(results_dir):
+    return [sys.executable, "-m", "hrsnet", "train", "--arch", "hrnet", "--width", "2", "--dataset", "digits",
+            "--image-size", "32", "--epochs", "4", "--batch-size", "16", "--train-subset", "192",
+            "--val-subset", "48", "--test-subset", "48", "--augment", "--patience", "10", "--deterministic",
+            "--device", "cpu", "--quiet", "--results-dir", str(results_dir)]
+
+
+@pytest.mark.slow
+def test_killed_subprocess_resumes_to_the_same_history(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reference = subprocess.run(_train_command(tmp_path / "reference"), env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    reference_dir = next((tmp_path / "reference" / "runs").iterdir())
+
+    killed_root = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed_root), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    history = killed_root / "runs" / reference_dir.name / "history.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 written
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into epoch 2 (an epoch takes several seconds)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted = read_history(history.parent)
+    assert 1 <= len(interrupted) < 4 and rundir.read_status(history.parent).state == "running"
+
+    resumed = subprocess.run(_train_command(killed_root), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = read_history(reference_dir), read_history(history.parent)
+    assert len(actual) == len(expected) == 4
+    for want, got in zip(expected, actual):
+        for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert abs(float(want[column]) - float(got[column])) <= 1e-6, (column, want, got)
+    assert json.loads((reference_dir / "test_metrics.json").read_text()) == \
+        json.loads((history.parent / "test_metrics.json").read_text())
+
+
+def test_load_result_reads_a_run_back(tmp_path):
+    result = fit(tiny_config(tmp_path, epochs=1))
+    loaded = load_result(result.run_dir)
+    assert loaded.status == result.status and loaded.test_metrics == result.test_metrics
+    assert loaded.history[0]["epoch"] == 1
