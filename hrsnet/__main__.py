@@ -98,6 +98,27 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List a profile's runs for run_all.sh: first line (stderr) says which profile and why."""
+    from . import rundir
+    from .experiments import profile_runs, resolve_profile
+    name, why = resolve_profile(args.profile)
+    print(f"profile: {name} ({why})", file=sys.stderr)
+    for config in profile_runs(name, args.results_dir, args.data_dir, only=args.only):
+        status = rundir.read_status(config.run_dir())
+        state = status.state if status else "new"
+        if args.pending and status is not None and status.finished:
+            continue
+        print(f"{config.run_id}\t{config.arch}\t{config.width}\t{state}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+    print(render_report(args.notebooks, args.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrsnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=int, default=100)
     summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
     summary.set_defaults(handler=cmd_summary)
+
+    from .experiments import describe_profiles
+    runs = commands.add_parser("runs", help="list the runs of a profile (run_id, arch, width, state)",
+                               epilog="profiles:\n" + describe_profiles(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_argument("--profile", default="auto", help="paper, quick, smoke or auto (default auto)")
+    runs.add_argument("--only", default=None, help="a run id or an arch")
+    runs.add_argument("--pending", action="store_true", help="leave out finished runs")
+    runs.add_argument("--results-dir", default="results")
+    runs.add_argument("--data-dir", default=None)
+    runs.set_defaults(handler=cmd_runs)
+
+    report = commands.add_parser("report", help="merge executed notebooks into one HTML page, code hidden")
+    report.add_argument("notebooks", nargs="+", help="executed notebooks, in page order")
+    report.add_argument("--output", default="results/report.html")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

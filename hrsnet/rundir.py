@@ -44,6 +44,12 @@ STATUS_FILE = "status"
 LAST_CHECKPOINT = "last.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place,
     so a reader (or a crash) only ever sees the old file or the complete new one."""
@@ -55,6 +61,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -6,19 +6,17 @@
 # shellcheck shell=bash
 
 _repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_required_modules="torch, torchvision, numpy, pandas, matplotlib, seaborn, sklearn, tqdm, papermill, nbconvert, ipykernel, jupyterlab, pytest, timm"
+_required_modules="torch torchvision numpy pandas matplotlib seaborn sklearn tqdm papermill nbconvert ipykernel ipywidgets jupyterlab pytest timm"
 
-_has_dependencies() {
-    "$1" -c "import ${_required_modules}" >/dev/null 2>&1
+_has_dependencies() {  # finds the packages without importing them (importing all takes ~10 s)
+    "$1" -c "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in '${_required_modules}'.split()))" >/dev/null 2>&1
 }
 
 _candidate="${PYTHON:-python3}"
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && _has_dependencies "$_candidate"; then
     PYTHON="$(command -v "$_candidate")"
-    echo "[env] using the active environment: $PYTHON"
 elif [ -x "$_repo_root/.venv/bin/python" ] && _has_dependencies "$_repo_root/.venv/bin/python"; then
     PYTHON="$_repo_root/.venv/bin/python"
-    echo "[env] using $PYTHON"
 else
     _base_python="$(command -v python3 || true)"
     if [ -z "$_base_python" ]; then
@@ -41,3 +39,10 @@ fi
 # The notebooks' kernels and subprocesses import hrsnet from this checkout.
 export PYTHONPATH="$_repo_root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHON
+
+# A Jupyter kernel named "hrsnet" running this interpreter: papermill uses it (-k hrsnet) and
+# JupyterLab lists it. Registered inside the environment (--sys-prefix), re-registered if moved.
+_kernel_json="$("$PYTHON" -c 'import sys; print(sys.prefix)')/share/jupyter/kernels/hrsnet/kernel.json"
+if ! grep -qF "\"$PYTHON\"" "$_kernel_json" 2>/dev/null; then
+    "$PYTHON" -m ipykernel install --sys-prefix --name hrsnet --display-name "Python 3 (hrsnet)" >/dev/null
+fi

@@ -1,0 +1,196 @@
+"""Profiles, figures, notebooks and run_all.sh: the report end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from hrsnet import experiments, plots
+from hrsnet.__main__ import main
+from fixture_runs import write_fixture_run
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURE_STEMS = ["fig6_accuracy", "fig7_train_loss", "official_vs_preactivated_loss", "train_vs_val_loss",
+                "fig8_9_best_worst_classes_hrnet_official", "fig8_9_best_worst_classes_hrnet",
+                "fig8_9_best_worst_classes_hrsnet"]
+
+
+def test_paper_profile_is_the_released_protocol():
+    runs = experiments.profile_runs("paper")
+    assert len(runs) == 9 and len({run.run_id for run in runs}) == 9
+    assert {(run.arch, run.width) for run in runs} == {
+        (arch, width) for arch in ("hrnet_official", "hrnet", "hrsnet") for width in (2, 18, 30)}
+    for run in runs:
+        assert (run.dataset, run.image_size, run.batch_size, run.epochs, run.patience) == ("cifar100", 224, 16, 25, 2)
+        assert (run.optimizer, run.lr, run.momentum) == ("sgd", 0.005, 0.9)
+
+
+def test_quick_and_smoke_profiles_are_small_and_offline(tmp_path):
+    for name in ("quick", "smoke"):
+        runs = experiments.profile_runs(name, data_dir=tmp_path)
+        assert {run.arch for run in runs} == {"hrnet_official", "hrnet", "hrsnet"}
+        assert all(run.dataset == "digits" and run.image_size == 32 for run in runs)
+    assert all(run.epochs > run.patience for run in experiments.profile_runs("quick"))  # early stopping can act
+
+
+def test_quick_profile_uses_cifar100_when_present(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        (folder / name).write_bytes(b"")
+    assert {run.dataset for run in experiments.profile_runs("quick", data_dir=tmp_path)} == {"cifar100"}
+
+
+def test_auto_profile(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert experiments.resolve_profile("auto")[0] == "quick"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100")
+    name, why = experiments.resolve_profile("auto")
+    assert name == "paper" and "NVIDIA H100" in why
+
+
+def test_bad_profile_and_only():
+    with pytest.raises(ValueError, match="profile must be one of paper, quick, smoke, auto"):
+        experiments.resolve_profile("fast")
+    with pytest.raises(ValueError, match="matches no run of profile smoke"):
+        experiments.profile_runs("smoke", only="resnet")
+    assert [run.arch for run in experiments.profile_runs("smoke", only="hrsnet")] == ["hrsnet"]
+
+
+def test_runs_command_lists_pending_runs(tmp_path, capsys):
+    smoke = experiments.profile_runs("smoke", tmp_path)
+    write_fixture_run(smoke[0], "complete", 2)
+    assert main(["runs", "--profile", "smoke", "--results-dir", str(tmp_path), "--pending"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("profile: smoke")
+    listed = [line.split("\t")[0] for line in captured.out.splitlines()]
+    assert listed == [run.run_id for run in smoke[1:]]
+
+
+@pytest.fixture
+def fixture_results(tmp_path):
+    """Smoke-profile run directories: one complete, one diverged, one partial; plus missing runs."""
+    hrnet_official, hrnet, hrsnet = experiments.profile_runs("smoke", tmp_path / "results")
+    write_fixture_run(hrnet_official, "complete", 4)
+    write_fixture_run(hrnet, "diverged", 3, diverge_at=3)
+    write_fixture_run(hrsnet, "running", 2, with_test=False)
+    return tmp_path / "results", {"complete": hrnet_official, "diverged": hrnet, "partial": hrsnet}
+
+
+def test_figures_from_fixture_runs(fixture_results, tmp_path):
+    results, runs = fixture_results
+    report = plots.make_all_figures(results, tmp_path / "figures", "smoke")
+    assert [path.stem for path in report.figures] == FIGURE_STEMS
+    for stem in FIGURE_STEMS:
+        for suffix in (".png", ".pdf"):
+            path = tmp_path / "figures" / "smoke" / f"{stem}{suffix}"
+            assert path.stat().st_size > 5000, path
+    table = pd.read_csv(tmp_path / "figures" / "smoke" / "results_table.csv")
+    assert list(table["status"]) == ["complete", "diverged", "running"]
+    assert table.loc[1, "stop reason"].startswith("non-finite training loss")
+    assert pd.isna(table.loc[1, "test top-1 (last)"]) and table.loc[1, "test top-1 (best)"] == 0.55
+    assert "profile 'smoke'" in (tmp_path / "figures" / "smoke" / "results_table.md").read_text()
+    description = report.collection.describe()
+    assert "running: " + runs["partial"].run_id in description and "diverged: " + runs["diverged"].run_id in description
+
+
+def test_missing_runs_are_listed_and_figures_still_render(tmp_path):
+    report = plots.make_all_figures(tmp_path / "empty", tmp_path / "figures", "quick")
+    assert len(report.collection.missing) == 6 and set(report.table["status"]) == {"missing"}
+    assert all(path.stat().st_size > 0 for path in report.figures)
+    assert "missing: hrnet_official_c2" in report.collection.describe()
+
+
+def test_captions_name_dataset_and_profile(fixture_results):
+    results, _ = fixture_results
+    collection = plots.collect_runs(results, "smoke")
+    assert collection.caption == "sklearn digits (not CIFAR-100), 32px, profile 'smoke'"
+    fig = plots.plot_train_loss(collection)
+    assert "profile 'smoke'" in fig._suptitle.get_text() and "digits" in fig._suptitle.get_text()
+
+
+def test_released_numbers_only_beside_paper_runs(tmp_path):
+    paper = experiments.run_config("paper", "hrsnet", 30, tmp_path)
+    write_fixture_run(paper, "early-stopped", 10, num_classes=100)
+    table = plots.results_table(plots.collect_runs(tmp_path, "paper"))
+    row = table[(table["network"] == "hrsnet") & (table["C"] == 30)].iloc[0]
+    assert row["released top-1"] == 0.5541 and row["released epochs"] == "10 (early stop)"
+    smoke = plots.results_table(plots.collect_runs(tmp_path, "smoke"))
+    assert smoke["released top-1"].isna().all() if "released top-1" in smoke else True
+
+
+# --- notebooks ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["00_architecture", "01_train", "02_figures"])
+def test_notebooks_are_thin_and_parameterized(name):
+    notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "def " not in code and "class " not in code and "nn.Module" not in code
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+
+
+def _execute(notebook, output, parameters):
+    import papermill
+    return papermill.execute_notebook(str(REPO / "notebooks" / notebook), str(output), parameters=parameters,
+                                      kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
+
+
+@pytest.mark.slow
+def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path):
+    results, runs = fixture_results
+    executed = _execute("02_figures.ipynb", tmp_path / "02.ipynb",
+                        dict(profile="smoke", results_dir=str(results), figures_dir=str(tmp_path / "figures")))
+    text = json.dumps(executed["cells"])
+    assert f"running: {runs['partial'].run_id}" in text and f"diverged: {runs['diverged'].run_id}" in text
+    assert all((tmp_path / "figures" / "smoke" / f"{stem}.png").stat().st_size > 0 for stem in FIGURE_STEMS)
+
+
+# --- run_all.sh ---------------------------------------------------------------------------------
+
+def _run_all(*args, timeout=600):
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run([str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+def test_run_all_help():
+    result = _run_all("--help", timeout=30)
+    assert result.returncode == 0 and "--profile" in result.stdout and "smoke" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--profile", "fast"), "profile must be one of paper, quick, smoke, auto; got 'fast'"),
+    (("--bogus",), "unknown option --bogus"),
+    (("--profile",), "--profile needs a value"),
+])
+def test_run_all_bad_arguments(args, message, tmp_path):
+    result = _run_all(*args, "--results-dir", str(tmp_path / "r"), timeout=120) if args != ("--profile",) \
+        else _run_all(*args, timeout=30)
+    assert result.returncode != 0 and message in result.stderr
+
+
+@pytest.mark.slow
+def test_run_all_smoke_end_to_end(tmp_path):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    result = _run_all("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == "profile: smoke (asked for)"
+    for stem in FIGURE_STEMS:
+        assert (figures / "smoke" / f"{stem}.png").stat().st_size > 5000
+    assert (figures / "smoke" / "results_table.md").exists()
+    executed = sorted(path.name for path in (results / "notebooks").glob("*.ipynb"))
+    run_ids = [run.run_id for run in experiments.profile_runs("smoke")]
+    assert executed == sorted(["00_architecture.ipynb", "02_figures.ipynb"] + [f"train_{r}.ipynb" for r in run_ids])
+    for run_id in run_ids:
+        assert (results / "runs" / run_id / "status").read_text().startswith("complete")
+    report = (results / "report.html").read_text()
+    assert report.count("<img") >= len(FIGURE_STEMS) and "make_all_figures" not in report  # code hidden
+    assert str(results / "report.html") in result.stdout
