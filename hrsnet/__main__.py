@@ -91,10 +91,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .models.summary import architecture_table
-    table = architecture_table(args.arch or None, args.width, args.image_size, args.num_classes)
+    from .models.summary import architecture_table, claim_finding
     from .tables import markdown_table
+    table = architecture_table(args.arch or None, args.width, args.image_size, args.num_classes)
     print(markdown_table(table) if args.markdown else table.to_string(index=False))
+    if {"hrnet", "hrsnet"} <= set(table["network"]):
+        print("\n" + claim_finding(table, args.num_classes))
     return 0
 
 
@@ -116,6 +118,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_report
     print(render_report(args.notebooks, args.output))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .bench import BenchOptions, estimate_profile, parse_setting, run_benchmark
+    if args.estimate:
+        rows = estimate_profile(args.estimate, args.device, args.steps, args.warmup, args.quiet)
+        total = sum(row["run_minutes"] for row in rows)
+        print(f"profile {args.estimate}: at most {total:.0f} minutes ({total / 60:.1f} h) for {len(rows)} runs "
+              "at the epoch limit; early stopping ends most runs sooner")
+        return 0
+    options = BenchOptions(
+        archs=tuple(args.arch or BenchOptions.archs), widths=tuple(args.width),
+        settings=tuple(parse_setting(s) for s in args.settings) if args.settings else None,
+        device=args.device, peak_tflops=args.peak_tflops, warmup=args.warmup, steps=args.steps,
+        repeats=args.repeats, timm=not args.no_timm, ablation=not args.no_ablation,
+        include_compile=args.compile, preprocessing=not args.no_preprocessing,
+        results_dir=args.results_dir, quiet=args.quiet)
+    rows, summary, path = run_benchmark(options)
+    columns = ["group", "model", "width", "setting", "batch_size", "variant", "train_images_per_second",
+               "inference_images_per_second", "peak_memory_gib", "achieved_tflops", "flop_utilisation"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
+        print(pd.DataFrame(rows)[columns].to_string(index=False))
+    for key, value in summary.items():
+        print(f"{key}: {value:.3g}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"written: {path}")
     return 0
 
 
@@ -145,6 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--results-dir", default="results")
     runs.add_argument("--data-dir", default=None)
     runs.set_defaults(handler=cmd_runs)
+
+    bench = commands.add_parser("bench", help="throughput, memory and FLOP utilisation, side by side with timm")
+    bench.add_argument("--arch", action="append", help="network (repeatable; default: all three)")
+    bench.add_argument("--width", type=int, nargs="+", default=[2, 18, 30])
+    bench.add_argument("--settings", nargs="+", metavar="SETTING",
+                       help="paper (224px, batch 16), throughput (224px, batch 128, halved until it fits), "
+                            "cpu (64px, batch 16) or NAME:SIZE:BATCH (default: paper throughput on CUDA, cpu on CPU)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--peak-tflops", type=float, default=None,
+                       help="dense bf16 peak of the device, for FLOP utilisation (default: a table of known GPUs)")
+    bench.add_argument("--warmup", type=int, default=None)
+    bench.add_argument("--steps", type=int, default=None, help="steps per timed block")
+    bench.add_argument("--repeats", type=int, default=None, help="timed blocks; the median is reported")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="include torch.compile in the ablation (default: on CUDA only)")
+    bench.add_argument("--no-timm", action="store_true", help="skip timm's hrnet_w18")
+    bench.add_argument("--no-ablation", action="store_true", help="skip the fast-path ablation")
+    bench.add_argument("--no-preprocessing", action="store_true", help="skip the preprocessing comparison")
+    bench.add_argument("--estimate", metavar="PROFILE", help="instead: estimate the minutes of each run of PROFILE")
+    bench.add_argument("--results-dir", default="results")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(handler=cmd_bench)
 
     report = commands.add_parser("report", help="merge executed notebooks into one HTML page, code hidden")
     report.add_argument("notebooks", nargs="+", help="executed notebooks, in page order")

@@ -214,6 +214,39 @@ def autocast_context(precision: str, device: torch.device):
     return nullcontext()
 
 
+def training_step(forward: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  labels: torch.Tensor, image_size: int, precision: str = "fp32",
+                  memory_format: torch.memory_format = torch.contiguous_format, augment: bool = False,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a uint8 batch on its device, forward (autocast if bf16), cross-entropy in
+    float32, backward, optimizer step. Shared by fit() and the benchmark."""
+    inputs = preprocess(images, image_size, augment, generator, memory_format)
+    with autocast_context(precision, images.device):
+        logits = forward(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict``, then give each state tensor its parameter's memory layout.
+
+    Fused optimizer kernels assume a parameter and its state (momentum buffer) share strides.
+    A checkpoint saved with another layout (contiguous on a CPU, resumed channels_last on a
+    GPU) would otherwise be updated wrongly: fused SGD does so silently (torch 2.14, CPU;
+    tests/test_bench.py shows it).
+    """
+    optimizer.load_state_dict(state_dict)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
+
+
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -310,15 +343,8 @@ class Trainer:
         bar = _progress(range(num_batches), config.quiet, desc=f"epoch {epoch}/{config.epochs}", leave=False)
         for batch in bar:
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-            images = preprocess(split.images[index], config.image_size, config.augment,
-                                self.shuffle_generator, self.memory_format)
             labels = split.labels[index]
-            with autocast_context(self.precision, self.device):
-                logits = self.step_model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss, logits = self.train_step(split.images[index], labels)
             loss_sum += loss.detach() * len(index)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             # Reading the loss is a host sync: only every log_every batches and at the end.
@@ -338,6 +364,11 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {"train_loss": loss_sum.item() / len(split), "train_acc": correct.item() / len(split), "lr": lr,
                 "epoch_seconds": seconds, "images_per_second": len(split) / seconds}
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on a uint8 batch; returns (loss, logits), not synchronised."""
+        return training_step(self.step_model, self.optimizer, images, labels, self.config.image_size,
+                             self.precision, self.memory_format, self.config.augment, self.shuffle_generator)
 
     def evaluate(self, split, model: torch.nn.Module | None = None) -> EvalResult:
         return evaluate(model or self.model, split, self.data.num_classes, self.config.image_size,
@@ -360,7 +391,7 @@ class Trainer:
         state = load_checkpoint_file(path, self.config)
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer: "
                                   f"{str(error).splitlines()[0]}; rerun with --force to start over") from None
@@ -412,7 +443,9 @@ def _write_test_outputs(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
     if trainer.stop is None or trainer.stop[0] != "diverged":
         last = trainer.evaluate(test)
         metrics["last"] = _metrics(last, trainer.epoch)
-    if trainer.best_checkpoint:
+    if trainer.best_checkpoint and last is not None and trainer.early_stopping.best_epoch == trainer.epoch:
+        metrics["best"] = _metrics(last, trainer.epoch)  # the best checkpoint is the last model
+    elif trainer.best_checkpoint:
         best_model = create_model(trainer.config.arch, trainer.config.width, trainer.data.num_classes,
                                   **dict(trainer.config.model_options))
         best_state = torch.load(run_dir / trainer.best_checkpoint, map_location="cpu", weights_only=True)

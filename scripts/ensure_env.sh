@@ -1,7 +1,7 @@
 # Sourced by run_all.sh and run_tests.sh: sets PYTHON to an interpreter that has the
-# project's dependencies. Order: the active environment (virtualenv or conda) if it
-# already has them, else ./.venv, created and filled with pip from pyproject.toml
-# (pinned by constraints.txt) when missing or incomplete. Conda users:
+# project's dependencies. Order: $PYTHON if set and complete; the active environment
+# (virtualenv or conda) if it already has them; else ./.venv, created and filled with pip
+# from pyproject.toml (pinned by constraints.txt) when missing or incomplete. Conda users:
 # `conda env create -f environment.yml && conda activate hrsnet` first.
 # shellcheck shell=bash
 
@@ -12,9 +12,10 @@ _has_dependencies() {  # finds the packages without importing them (importing al
     "$1" -c "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in '${_required_modules}'.split()))" >/dev/null 2>&1
 }
 
-_candidate="${PYTHON:-python3}"
-if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && _has_dependencies "$_candidate"; then
-    PYTHON="$(command -v "$_candidate")"
+if [ -n "${PYTHON:-}" ] && _has_dependencies "$PYTHON"; then
+    PYTHON="$(command -v "$PYTHON")"  # an interpreter named explicitly
+elif [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && _has_dependencies python3; then
+    PYTHON="$(command -v python3)"
 elif [ -x "$_repo_root/.venv/bin/python" ] && _has_dependencies "$_repo_root/.venv/bin/python"; then
     PYTHON="$_repo_root/.venv/bin/python"
 else
@@ -25,16 +26,17 @@ else
     fi
     echo "[env] creating $_repo_root/.venv and installing dependencies (several minutes the first time: torch is large)"
     [ -x "$_repo_root/.venv/bin/python" ] || "$_base_python" -m venv "$_repo_root/.venv"
-    "$_repo_root/.venv/bin/python" -m pip install --quiet --upgrade pip
-    # The progress of a multi-GB download matters to a newcomer; errors stay visible.
-    "$_repo_root/.venv/bin/python" -m pip install --progress-bar off \
-        -c "$_repo_root/constraints.txt" -e "$_repo_root[test]" 2>&1 \
-        | grep -v -e "is ignored: it is neither a file nor a directory" -e "^Requirement already satisfied" || true
+    "$_repo_root/.venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+    # Quiet: pip still prints errors; its full log goes to .venv/pip-install.log.
+    "$_repo_root/.venv/bin/python" -m pip install --progress-bar off --log "$_repo_root/.venv/pip-install.log" \
+        --quiet -c "$_repo_root/constraints.txt" -e "$_repo_root[test]" 2>&1 \
+        | grep -v -e "is ignored: it is neither a file nor a directory" || true
     PYTHON="$_repo_root/.venv/bin/python"
     if ! _has_dependencies "$PYTHON"; then
-        echo "error: installing the dependencies into .venv failed; see the pip output above" >&2
+        echo "error: installing the dependencies into .venv failed; see .venv/pip-install.log" >&2
         exit 1
     fi
+    echo "[env] .venv is ready"
 fi
 # The notebooks' kernels and subprocesses import hrsnet from this checkout.
 export PYTHONPATH="$_repo_root${PYTHONPATH:+:$PYTHONPATH}"

@@ -36,3 +36,25 @@ def test_constraints_pin_every_dependency():
 def test_ci_runs_the_readme_test_command():
     assert "./run_tests.sh" in (REPO / ".ci" / "run").read_text()
     assert "./run_tests.sh" in (REPO / "README.md").read_text() and "./run_all.sh" in (REPO / "README.md").read_text()
+
+
+def _readme_section(name):
+    text = (REPO / "README.md").read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    assert start in text and end in text, f"README lacks the {name} markers"
+    return text[text.index(start) + len(start):text.index(end)].strip()
+
+
+def test_readme_architecture_table_comes_from_summary():
+    """The README's parameter/FLOP table is what `python -m hrsnet summary --markdown` prints."""
+    from hrsnet.models.summary import architecture_table, claim_finding
+    from hrsnet.tables import markdown_table
+    table = architecture_table(None, (2, 18, 30), 224, 100)
+    assert _readme_section("architecture-table") == markdown_table(table) + "\n\n" + claim_finding(table, 100)
+
+
+def test_readme_profiles_match_experiments():
+    from hrsnet.experiments import PROFILES
+    text = (REPO / "README.md").read_text()
+    quick = PROFILES["quick"].settings
+    assert f"{quick['train_subset']} training images, batch {quick['batch_size']}, at most {quick['epochs']} epochs" in text

@@ -76,7 +76,7 @@ def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, nu
         for width in widths:
             result = summary(name, width, image_size, num_classes)
             rows.append({
-                "network": name, "C": width, "num_classes": num_classes, "parameters (M)": round(result.parameters / 1e6, 2),
+                "network": name, "C": width, "parameters (M)": round(result.parameters / 1e6, 2),
                 "trainable (M)": round(result.trainable_parameters / 1e6, 2),
                 "forward GFLOPs": round(result.forward_flops / 1e9, 2),
                 "GMACs": round(result.forward_gmacs, 2),
@@ -93,12 +93,12 @@ def head_parameters(name: str, width: int, num_classes: int = 100) -> int:
     return sum(p.numel() for module in head for p in module.parameters())
 
 
-def claim_finding(table) -> str:
+def claim_finding(table, num_classes: int = 100) -> str:
     """One sentence on how our parameter counts compare with the report's 13M / 43M claim."""
     ours = {name: table[table["network"] == name].set_index("C")["parameters (M)"] for name in ("hrnet", "hrsnet")}
     ratios = (ours["hrsnet"] / ours["hrnet"]).round(2)
     widths = ", ".join(str(c) for c in ours["hrnet"].index)
-    head = head_parameters("hrnet", int(ours["hrnet"].index.min()), int(table["num_classes"].iloc[0]))
+    head = head_parameters("hrnet", int(ours["hrnet"].index.min()), num_classes)
     return (
         f"For C in {{{widths}}} our HRNet has {ours['hrnet'].min():.1f}M to {ours['hrnet'].max():.1f}M parameters and "
         f"HRSNet {ours['hrsnet'].min():.1f}M to {ours['hrsnet'].max():.1f}M; HRSNet is {ratios.min():.2f}x to "

@@ -1,0 +1,412 @@
+"""Benchmarks: training and inference throughput, peak memory and FLOP utilisation, with
+timm's ``hrnet_w18`` measured the same way in the same process, so ratios come from one run.
+
+Timing follows the usual rules: warm-up steps first (allocator, cuDNN autotuning,
+compilation), a device synchronisation before reading any clock (CUDA events on a GPU),
+the median over repeats. The training step includes the device-resident preprocessing of
+a uint8 batch (gather, resize to the setting's size, normalise), as in training. FLOPs per
+image come from FlopCounterMode on the meta device (forward + backward of one image).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import re
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .data import preprocess
+from .models import create_model, list_models
+from .rundir import atomic_write
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' datasheets.
+PEAK_BF16_TFLOPS = [
+    ("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0), ("H100", 756.0), ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0),
+    ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0), ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+]
+TIMM_PEER = "timm:hrnet_w18"
+# (train, validation, test) images of each dataset's full splits, for time estimates.
+FULL_SPLIT_SIZES = {"cifar100": (40_000, 10_000, 10_000), "digits": (1150, 288, 359)}
+NUM_CLASSES = 100
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    image_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The fast-path switches of one measured training step."""
+
+    name: str
+    precision: str = "fp32"  # or "bf16" (autocast)
+    channels_last: bool = False
+    compile: str = "none"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
+    optimizer_kernel: str = "for-loop"  # "for-loop", "foreach" or "fused"
+
+
+def default_settings(device: torch.device) -> list[Setting]:
+    if device.type == "cuda":
+        return [Setting("paper", 224, 16), Setting("throughput", 224, 128)]
+    # A CPU cannot do a 224x224 sweep in minutes; --settings paper still asks for it.
+    return [Setting("cpu", 64, 16)]
+
+
+def parse_setting(text: str) -> Setting:
+    """``paper``, ``throughput``, ``cpu`` or ``name:SIZE:BATCH``."""
+    named = {"paper": Setting("paper", 224, 16), "throughput": Setting("throughput", 224, 128),
+             "cpu": Setting("cpu", 64, 16)}
+    if text in named:
+        return named[text]
+    match = re.fullmatch(r"([a-z0-9_-]+):(\d+):(\d+)", text)
+    if not match:
+        raise ValueError(f"setting must be paper, throughput, cpu or NAME:IMAGE_SIZE:BATCH_SIZE; got {text!r}")
+    return Setting(match[1], int(match[2]), int(match[3]))
+
+
+def default_variant(device: torch.device) -> Variant:
+    """What training uses by default on this device (TrainConfig's "auto" switches)."""
+    if device.type == "cuda":
+        return Variant("default", precision="bf16", channels_last=True, optimizer_kernel="fused")
+    return Variant("default", optimizer_kernel="foreach")
+
+
+def ablation_variants(device: torch.device, include_compile: bool) -> list[Variant]:
+    """The plain fp32 eager path, then one fast-path switch added at a time."""
+    steps = [Variant("plain fp32 eager")]
+    steps.append(dataclasses.replace(steps[-1], name="+ channels_last", channels_last=True))
+    if device.type == "cuda":
+        steps.append(dataclasses.replace(steps[-1], name="+ bf16 autocast", precision="bf16"))
+        steps.append(dataclasses.replace(steps[-1], name="+ fused optimizer", optimizer_kernel="fused"))
+    else:
+        steps.append(dataclasses.replace(steps[-1], name="+ foreach optimizer", optimizer_kernel="foreach"))
+    if include_compile:
+        steps.append(dataclasses.replace(steps[-1], name="+ torch.compile", compile="default"))
+        if device.type == "cuda":
+            steps.append(dataclasses.replace(steps[-1], name="+ CUDA graphs", compile="reduce-overhead"))
+    return steps
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file name for results/bench/: the GPU's name, or cpu-<N>threads."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def build_model(name: str, width: int) -> nn.Module:
+    if name == TIMM_PEER:
+        import timm
+        return timm.create_model("hrnet_w18", pretrained=False, num_classes=NUM_CLASSES)
+    return create_model(name, width=width, num_classes=NUM_CLASSES)
+
+
+def train_flops_per_image(name: str, width: int, image_size: int) -> int:
+    """Forward + backward FLOPs of one image (a multiply-add counts 2), counted on the meta device."""
+    with torch.device("meta"):
+        model = build_model(name, width)
+        images = torch.zeros(1, 3, image_size, image_size)
+        labels = torch.zeros(1, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(images), labels).backward()
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(run: Callable[[], None], device: torch.device, steps: int, repeats: int) -> float:
+    """Median time of one call of ``run``, over ``repeats`` timed blocks of ``steps`` calls."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(steps):
+                run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000 / steps)
+        else:
+            begin = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times.append((time.perf_counter() - begin) / steps)
+    return statistics.median(times)
+
+
+def _source_batch(device: torch.device, count: int = 512) -> torch.Tensor:
+    """CIFAR-sized uint8 images on the device: what a training run holds."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator).to(device)
+
+
+def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
+    """A closure doing one training step of fit() (gather, preprocess, forward, backward, optimizer)."""
+    from .train import training_step
+    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[variant.optimizer_kernel]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, **kernel)
+    forward = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
+    source = _source_batch(device)
+    labels_all = torch.randint(0, NUM_CLASSES, (len(source),), generator=torch.Generator().manual_seed(1)).to(device)
+    position = [0]
+
+    def step() -> None:
+        start = position[0] % (len(source) - setting.batch_size + 1)
+        position[0] += setting.batch_size
+        batch = slice(start, start + setting.batch_size)
+        training_step(forward, optimizer, source[batch], labels_all[batch], setting.image_size,
+                      variant.precision, memory_format)
+    return step
+
+
+def make_inference_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
+    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).eval()
+    source = _source_batch(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.precision == "bf16" else nullcontext())
+
+    @torch.no_grad()
+    def step() -> None:
+        images = preprocess(source[:setting.batch_size], setting.image_size, memory_format=memory_format)
+        with autocast:
+            model(images)
+    return step
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def measure(name: str, width: int, setting: Setting, variant: Variant, device: torch.device,
+            warmup: int, steps: int, repeats: int, inference: bool = True) -> dict[str, Any]:
+    """One row: training (and inference) images/s, step time and peak memory."""
+    torch.manual_seed(0)
+    model = build_model(name, width)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    train_step = make_train_step(model, variant, setting, device)
+    for _ in range(warmup):
+        train_step()
+    _sync(device)
+    step_seconds = _median_seconds(train_step, device, steps, repeats)
+    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+    row = {"train_step_ms": step_seconds * 1000, "train_images_per_second": setting.batch_size / step_seconds,
+           "peak_memory_gib": peak_memory, "inference_images_per_second": math.nan}
+    if inference:
+        infer_variant = dataclasses.replace(variant, compile="none")  # inference timing stays eager
+        infer_step = make_inference_step(model, infer_variant, setting, device)
+        for _ in range(max(1, warmup // 2)):
+            infer_step()
+        _sync(device)
+        row["inference_images_per_second"] = setting.batch_size / _median_seconds(infer_step, device, steps, repeats)
+    del model, train_step
+    return row
+
+
+@dataclass
+class BenchOptions:
+    archs: tuple[str, ...] = tuple(list_models())
+    widths: tuple[int, ...] = (2, 18, 30)
+    settings: tuple[Setting, ...] | None = None  # None: default_settings(device)
+    device: str = "auto"
+    peak_tflops: float | None = None
+    warmup: int | None = None  # None: 10 on CUDA, 1 on CPU
+    steps: int | None = None  # None: 20 on CUDA, 2 on CPU
+    repeats: int | None = None  # None: 5 on CUDA, 2 on CPU
+    timm: bool = True
+    ablation: bool = True
+    include_compile: bool | None = None  # None: on CUDA only (CPU compilation takes minutes)
+    preprocessing: bool = True
+    results_dir: str = "results"
+    quiet: bool = False
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
+    """Measure every (network, width, setting), timm's peer, the fast-path ablation and the
+    preprocessing comparison; write results/bench/<device>.csv. Returns (rows, summary, path)."""
+    import pandas as pd
+
+    from .train import resolve_device
+    device = resolve_device(options.device)
+    cuda = device.type == "cuda"
+    warmup = options.warmup if options.warmup is not None else (10 if cuda else 1)
+    steps = options.steps if options.steps is not None else (20 if cuda else 2)
+    repeats = options.repeats if options.repeats is not None else (5 if cuda else 2)
+    settings = list(options.settings or default_settings(device))
+    peak = peak_tflops(device, options.peak_tflops)
+    include_compile = cuda if options.include_compile is None else options.include_compile
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    base = {"device": device_slug(device), "device_name": device_name(device), "torch": torch.__version__}
+    rows: list[dict[str, Any]] = []
+    flops_cache: dict[tuple[str, int, int], int] = {}
+
+    def record(name: str, arch: str, width: int, setting: Setting, variant: Variant, group: str) -> dict[str, Any] | None:
+        key = (name, width, setting.image_size)
+        if key not in flops_cache:
+            flops_cache[key] = train_flops_per_image(name, width, setting.image_size)
+        batch = setting
+        while True:
+            try:
+                measured = measure(name, width, batch, variant, device, warmup, steps, repeats)
+                break
+            except RuntimeError as error:  # the largest batch that fits, for the throughput setting
+                if not (cuda and _is_out_of_memory(error) and batch.name == "throughput" and batch.batch_size > 8):
+                    raise
+                torch.cuda.empty_cache()
+                batch = dataclasses.replace(batch, batch_size=batch.batch_size // 2)
+        achieved = flops_cache[key] * measured["train_images_per_second"] / 1e12
+        row = {**base, "group": group, "model": name, "arch": arch, "width": width, "setting": setting.name,
+               "image_size": batch.image_size, "batch_size": batch.batch_size, "variant": variant.name,
+               "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile,
+               "optimizer_kernel": variant.optimizer_kernel, **measured,
+               "train_gflops_per_image": flops_cache[key] / 1e9, "achieved_tflops": achieved,
+               "peak_tflops": peak if peak is not None else math.nan,
+               "flop_utilisation": achieved / peak if peak else math.nan}
+        rows.append(row)
+        _log(f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:22s} "
+             f"train {row['train_images_per_second']:8.1f} img/s  infer {row['inference_images_per_second']:8.1f} img/s", options.quiet)
+        return row
+
+    _log(f"benchmark on {base['device_name']} (torch {torch.__version__}); warm-up {warmup}, "
+         f"{steps} steps x {repeats} repeats, median", options.quiet)
+    default = default_variant(device)
+    timm_variant = (Variant("timm AMP + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach")
+                    if cuda else Variant("timm fp32", optimizer_kernel="foreach"))
+    for setting in settings:
+        for arch in options.archs:
+            for width in options.widths:
+                record(arch, arch, width, setting, default, "grid")
+        if options.timm:
+            record(TIMM_PEER, "hrnet_official", 18, setting, timm_variant, "peer")
+            if "hrnet_official" not in options.archs or 18 not in options.widths:
+                record("hrnet_official", "hrnet_official", 18, setting, default, "peer")
+    if options.ablation:
+        ablation_setting = next((s for s in settings if s.batch_size == 16), settings[0])
+        for variant in ablation_variants(device, include_compile):
+            record("hrnet_official", "hrnet_official", 18, ablation_setting, variant, "ablation")
+
+    summary: dict[str, Any] = {"device": base["device_name"]}
+    frame = pd.DataFrame(rows)
+    for setting in settings:
+        ours = frame[(frame["model"] == "hrnet_official") & (frame["width"] == 18) & (frame["setting"] == setting.name)
+                     & (frame["group"] != "ablation")]
+        peer = frame[(frame["model"] == TIMM_PEER) & (frame["setting"] == setting.name)]
+        if len(ours) and len(peer):
+            summary[f"vs_timm_train_{setting.name}"] = ours["train_images_per_second"].iloc[0] / peer["train_images_per_second"].iloc[0]
+            summary[f"vs_timm_inference_{setting.name}"] = ours["inference_images_per_second"].iloc[0] / peer["inference_images_per_second"].iloc[0]
+    ablation = frame[frame["group"] == "ablation"] if len(frame) else frame
+    if len(ablation) > 1:
+        summary["fastest_vs_plain"] = ablation["train_images_per_second"].max() / ablation["train_images_per_second"].iloc[0]
+    if options.preprocessing:
+        summary.update(compare_preprocessing(device, quiet=options.quiet))
+
+    path = Path(options.results_dir) / "bench" / f"{base['device']}.csv"
+    atomic_write(path, lambda stream: frame.to_csv(stream, index=False))
+    return rows, summary, path
+
+
+def compare_preprocessing(device: torch.device, image_size: int = 224, count: int = 256,
+                          quiet: bool = False) -> dict[str, float]:
+    """Images/s of the device-resident batched preprocessing vs a per-image PIL pipeline
+    (Resize + ToTensor + Normalize, as a torchvision Dataset with transforms does it)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    images = _source_batch(torch.device("cpu"), count)
+    arrays = [image.permute(1, 2, 0).numpy() for image in images]
+    pipeline = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                                   transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+
+    def per_image() -> None:
+        torch.stack([pipeline(Image.fromarray(np.asarray(array))) for array in arrays])
+
+    on_device = images.to(device)
+
+    def batched() -> None:
+        for start in range(0, count, 64):
+            preprocess(on_device[start:start + 64], image_size)
+
+    per_image()
+    batched()
+    _sync(device)
+    pil_seconds = _median_seconds(per_image, torch.device("cpu"), 1, 3)
+    device_seconds = _median_seconds(batched, device, 1, 5)
+    result = {"preprocess_pil_images_per_second": count / pil_seconds,
+              "preprocess_device_images_per_second": count / device_seconds,
+              "preprocess_speedup": pil_seconds / device_seconds}
+    _log(f"  preprocessing to {image_size}px: per-image PIL {result['preprocess_pil_images_per_second']:.0f} img/s, "
+         f"batched on {device.type} {result['preprocess_device_images_per_second']:.0f} img/s "
+         f"({result['preprocess_speedup']:.1f}x)", quiet)
+    return result
+
+
+def estimate_profile(profile: str, device: str = "auto", steps: int | None = None, warmup: int | None = None,
+                     quiet: bool = False) -> list[dict[str, Any]]:
+    """Minutes per run of a profile, from measured step and evaluation times at its settings:
+    (train batches x step time + validation images / inference rate) x max epochs + the test pass."""
+    from .experiments import profile_runs
+    from .train import resolve_device
+    resolved = resolve_device(device)
+    cuda = resolved.type == "cuda"
+    variant = default_variant(resolved)
+    rows = []
+    for config in profile_runs(profile):
+        full_train, full_val, full_test = FULL_SPLIT_SIZES[config.dataset]
+        train_images = min(config.train_subset or full_train, full_train)
+        val_images = min(config.val_subset or full_val, full_val)
+        test_images = min(config.test_subset or full_test, full_test)
+        setting = Setting(profile, config.image_size, config.batch_size)
+        measured = measure(config.arch, config.width, setting, variant, resolved,
+                           warmup if warmup is not None else (10 if cuda else 1),
+                           steps if steps is not None else (20 if cuda else 2), 3 if cuda else 1)
+        epoch_seconds = (math.ceil(train_images / config.batch_size) * measured["train_step_ms"] / 1000
+                         + val_images / measured["inference_images_per_second"])
+        minutes = (epoch_seconds * config.epochs + test_images * 2 / measured["inference_images_per_second"]) / 60
+        rows.append({"run_id": config.run_id, "arch": config.arch, "width": config.width,
+                     "epoch_minutes": epoch_seconds / 60, "max_epochs": config.epochs, "run_minutes": minutes})
+        _log(f"  {config.arch:16s} C={config.width:<3d} {epoch_seconds / 60:7.2f} min/epoch, "
+             f"at most {minutes:8.1f} min for {config.epochs} epochs", quiet)
+    return rows
