@@ -17,7 +17,7 @@ Creates .venv (pip, from pyproject.toml) first if no active environment has the 
                  smoke: 3 tiny runs, about a minute (a plumbing check)
   --force        rerun finished runs from scratch
   --only X       only the runs whose run id or network (hrnet_official, hrnet, hrsnet) is X
-  --data-dir     folder holding cifar-100-python/ (default: $HRSNET_DATA, else ./data)
+  --data-dir     folder holding cifar-100-python/ (default: $HRSNET_DATA, else data/ in the repository)
   --results-dir  where runs/, notebooks/ and report.html go (default: results)
   --figures-dir  where figures go, one folder per profile (default: figures)
 TXT

@@ -36,7 +36,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-option", action="append", default=[], type=parse_model_option, metavar="KEY=VALUE",
                    help="override one model config field, e.g. unit=basic or modules_per_stage=4,4,4 (repeatable)")
     g.add_argument("--dataset", default=d.dataset, help=f"{' or '.join(DATASETS)} (default {d.dataset})")
-    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/ (default: $HRSNET_DATA, else ./data)")
+    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/ (default: $HRSNET_DATA, else data/ in the repository)")
     g.add_argument("--image-size", type=int, default=d.image_size, help=f"images are resized to this square size (default {d.image_size})")
     g.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) and horizontal flip (off in the paper)")
     g.add_argument("--train-subset", type=int, default=None, help="use only the first N training images (quick runs)")
@@ -58,7 +58,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("how and where to run (not part of the run id)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU)")
-    g.add_argument("--channels-last", default=d.channels_last, help=f"{', '.join(SWITCHES)} (auto: on for CUDA)")
+    g.add_argument("--channels-last", default=d.channels_last, help=f"{', '.join(SWITCHES)} (auto: on for CUDA and CPU)")
     g.add_argument("--compile", default=d.compile, help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default {d.compile})")
     g.add_argument("--fused-optimizer", default=d.fused_optimizer, help=f"{', '.join(SWITCHES)} (auto: on for CUDA)")
     g.add_argument("--eval-batch-size", type=int, default=None)
@@ -137,7 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device, peak_tflops=args.peak_tflops, warmup=args.warmup, steps=args.steps,
         repeats=args.repeats, timm=not args.no_timm, ablation=not args.no_ablation,
         include_compile=args.compile, preprocessing=not args.no_preprocessing,
-        results_dir=args.results_dir, quiet=args.quiet)
+        results_dir=args.results_dir, output=args.output, quiet=args.quiet)
     rows, summary, path = run_benchmark(options)
     columns = ["group", "model", "width", "setting", "batch_size", "variant", "train_images_per_second",
                "inference_images_per_second", "peak_memory_gib", "achieved_tflops", "flop_utilisation"]
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-preprocessing", action="store_true", help="skip the preprocessing comparison")
     bench.add_argument("--estimate", metavar="PROFILE", help="instead: estimate the minutes of each run of PROFILE")
     bench.add_argument("--results-dir", default="results")
+    bench.add_argument("--output", default=None, help="CSV path (default: RESULTS_DIR/bench/<device>.csv)")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(handler=cmd_bench)
 

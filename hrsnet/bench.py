@@ -33,7 +33,7 @@ from .rundir import atomic_write
 PEAK_BF16_TFLOPS = [
     ("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 NVL", 835.0),
     ("H100 PCIe", 756.0), ("H100", 756.0), ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0),
-    ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0), ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+    ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
 ]
 TIMM_PEER = "timm:hrnet_w18"
 # (train, validation, test) images of each dataset's full splits, for time estimates.
@@ -82,7 +82,7 @@ def default_variant(device: torch.device) -> Variant:
     """What training uses by default on this device (TrainConfig's "auto" switches)."""
     if device.type == "cuda":
         return Variant("default", precision="bf16", channels_last=True, optimizer_kernel="fused")
-    return Variant("default", optimizer_kernel="foreach")
+    return Variant("default", channels_last=True, optimizer_kernel="foreach")
 
 
 def ablation_variants(device: torch.device, include_compile: bool) -> list[Variant]:
@@ -131,13 +131,15 @@ def build_model(name: str, width: int) -> nn.Module:
 
 def train_flops_per_image(name: str, width: int, image_size: int) -> int:
     """Forward + backward FLOPs of one image (a multiply-add counts 2), counted on the meta device."""
+    # Two images: in training mode BatchNorm needs more than one value per channel, and at
+    # small sizes the lowest branch is 1x1. Conv and matmul FLOPs are linear in the batch.
     with torch.device("meta"):
         model = build_model(name, width)
-        images = torch.zeros(1, 3, image_size, image_size)
-        labels = torch.zeros(1, dtype=torch.long)
+        images = torch.zeros(2, 3, image_size, image_size)
+        labels = torch.zeros(2, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
             F.cross_entropy(model(images), labels).backward()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // 2
 
 
 def _sync(device: torch.device) -> None:
@@ -145,24 +147,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _block_seconds(run: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Seconds per call of ``run``, timed over one block of ``steps`` calls."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / steps
+    begin = time.perf_counter()
+    for _ in range(steps):
+        run()
+    return (time.perf_counter() - begin) / steps
+
+
 def _median_seconds(run: Callable[[], None], device: torch.device, steps: int, repeats: int) -> float:
-    """Median time of one call of ``run``, over ``repeats`` timed blocks of ``steps`` calls."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(steps):
-                run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000 / steps)
-        else:
-            begin = time.perf_counter()
-            for _ in range(steps):
-                run()
-            times.append((time.perf_counter() - begin) / steps)
-    return statistics.median(times)
+    return statistics.median(_block_seconds(run, device, steps) for _ in range(repeats))
 
 
 def _source_batch(device: torch.device, count: int = 512) -> torch.Tensor:
@@ -184,6 +186,7 @@ def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device
     position = [0]
 
     def step() -> None:
+        model.train()
         start = position[0] % (len(source) - setting.batch_size + 1)
         position[0] += setting.batch_size
         batch = slice(start, start + setting.batch_size)
@@ -194,12 +197,13 @@ def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device
 
 def make_inference_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
     memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).eval()
+    model.to(device=device, memory_format=memory_format)
     source = _source_batch(device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.precision == "bf16" else nullcontext())
 
     @torch.no_grad()
     def step() -> None:
+        model.eval()
         images = preprocess(source[:setting.batch_size], setting.image_size, memory_format=memory_format)
         with autocast:
             model(images)
@@ -210,31 +214,48 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def measure(name: str, width: int, setting: Setting, variant: Variant, device: torch.device,
-            warmup: int, steps: int, repeats: int, inference: bool = True) -> dict[str, Any]:
-    """One row: training (and inference) images/s, step time and peak memory."""
-    torch.manual_seed(0)
-    model = build_model(name, width)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    train_step = make_train_step(model, variant, setting, device)
-    for _ in range(warmup):
-        train_step()
-    _sync(device)
-    step_seconds = _median_seconds(train_step, device, steps, repeats)
-    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
-    row = {"train_step_ms": step_seconds * 1000, "train_images_per_second": setting.batch_size / step_seconds,
-           "peak_memory_gib": peak_memory, "inference_images_per_second": math.nan}
-    if inference:
-        infer_variant = dataclasses.replace(variant, compile="none")  # inference timing stays eager
-        infer_step = make_inference_step(model, infer_variant, setting, device)
-        for _ in range(max(1, warmup // 2)):
-            infer_step()
+def measure(cases: list[tuple[str, int, Variant]], setting: Setting, device: torch.device, warmup: int,
+            steps: int, repeats: int, inference: bool = True) -> list[dict[str, Any]]:
+    """One row per (model name, width, variant), measured side by side.
+
+    Each model is built and warmed up on its own (its peak memory is read then); then the
+    timed blocks alternate between the models (A B A B ...), so a drift in clock speed or
+    temperature during the run touches all of them alike. The median block is reported.
+    """
+    prepared = []
+    for name, width, variant in cases:
+        torch.manual_seed(0)
+        model = build_model(name, width)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        train_step = make_train_step(model, variant, setting, device)
+        for _ in range(warmup):
+            train_step()
         _sync(device)
-        row["inference_images_per_second"] = setting.batch_size / _median_seconds(infer_step, device, steps, repeats)
-    del model, train_step
-    return row
+        peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+        infer_step = None
+        if inference:  # inference timing stays eager
+            infer_step = make_inference_step(model, dataclasses.replace(variant, compile="none"), setting, device)
+            for _ in range(max(1, warmup // 2)):
+                infer_step()
+            _sync(device)
+        prepared.append((train_step, infer_step, peak_memory))
+    train_blocks: list[list[float]] = [[] for _ in cases]
+    infer_blocks: list[list[float]] = [[] for _ in cases]
+    for _ in range(repeats):
+        for index, (train_step, infer_step, _) in enumerate(prepared):
+            train_blocks[index].append(_block_seconds(train_step, device, steps))
+            if infer_step is not None:
+                infer_blocks[index].append(_block_seconds(infer_step, device, steps))
+    rows = []
+    for (train_step, infer_step, peak_memory), train_times, infer_times in zip(prepared, train_blocks, infer_blocks):
+        step_seconds = statistics.median(train_times)
+        rows.append({"train_step_ms": step_seconds * 1000, "train_images_per_second": setting.batch_size / step_seconds,
+                     "peak_memory_gib": peak_memory,
+                     "inference_images_per_second": setting.batch_size / statistics.median(infer_times)
+                     if infer_times else math.nan})
+    return rows
 
 
 @dataclass
@@ -252,6 +273,7 @@ class BenchOptions:
     include_compile: bool | None = None  # None: on CUDA only (CPU compilation takes minutes)
     preprocessing: bool = True
     results_dir: str = "results"
+    output: str | None = None  # CSV path; default results_dir/bench/<device>.csv
     quiet: bool = False
 
 
@@ -282,57 +304,60 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
     rows: list[dict[str, Any]] = []
     flops_cache: dict[tuple[str, int, int], int] = {}
 
-    def record(name: str, arch: str, width: int, setting: Setting, variant: Variant, group: str) -> dict[str, Any] | None:
-        key = (name, width, setting.image_size)
-        if key not in flops_cache:
-            flops_cache[key] = train_flops_per_image(name, width, setting.image_size)
+    def record(cases: list[tuple[str, str, int, Variant]], setting: Setting, group: str) -> None:
+        """Measure (name, arch, width, variant) cases side by side; one row each."""
+        for name, _, width, _ in cases:
+            if (name, width, setting.image_size) not in flops_cache:
+                flops_cache[(name, width, setting.image_size)] = train_flops_per_image(name, width, setting.image_size)
         batch = setting
         while True:
             try:
-                measured = measure(name, width, batch, variant, device, warmup, steps, repeats)
+                measured = measure([(name, width, variant) for name, _, width, variant in cases], batch, device,
+                                   warmup, steps, repeats)
                 break
             except RuntimeError as error:  # the largest batch that fits, for the throughput setting
                 if not (cuda and _is_out_of_memory(error) and batch.name == "throughput" and batch.batch_size > 8):
                     raise
                 torch.cuda.empty_cache()
                 batch = dataclasses.replace(batch, batch_size=batch.batch_size // 2)
-        achieved = flops_cache[key] * measured["train_images_per_second"] / 1e12
-        row = {**base, "group": group, "model": name, "arch": arch, "width": width, "setting": setting.name,
-               "image_size": batch.image_size, "batch_size": batch.batch_size, "variant": variant.name,
-               "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile,
-               "optimizer_kernel": variant.optimizer_kernel, **measured,
-               "train_gflops_per_image": flops_cache[key] / 1e9, "achieved_tflops": achieved,
-               "peak_tflops": peak if peak is not None else math.nan,
-               "flop_utilisation": achieved / peak if peak else math.nan}
-        rows.append(row)
-        _log(f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:22s} "
-             f"train {row['train_images_per_second']:8.1f} img/s  infer {row['inference_images_per_second']:8.1f} img/s", options.quiet)
-        return row
+        for (name, arch, width, variant), result in zip(cases, measured):
+            flops = flops_cache[(name, width, setting.image_size)]
+            achieved = flops * result["train_images_per_second"] / 1e12
+            row = {**base, "group": group, "model": name, "arch": arch, "width": width, "setting": setting.name,
+                   "image_size": batch.image_size, "batch_size": batch.batch_size, "variant": variant.name,
+                   "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile,
+                   "optimizer_kernel": variant.optimizer_kernel, **result, "train_gflops_per_image": flops / 1e9,
+                   "achieved_tflops": achieved, "peak_tflops": peak if peak is not None else math.nan,
+                   "flop_utilisation": achieved / peak if peak else math.nan}
+            rows.append(row)
+            _log(f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:24s} "
+                 f"train {row['train_images_per_second']:8.1f} img/s  infer {row['inference_images_per_second']:8.1f} img/s",
+                 options.quiet)
 
     _log(f"benchmark on {base['device_name']} (torch {torch.__version__}); warm-up {warmup}, "
          f"{steps} steps x {repeats} repeats, median", options.quiet)
     default = default_variant(device)
+    # timm's recommended fast settings: AMP and channels_last (train.py --amp --channels-last).
+    # bf16 rather than timm's default fp16 AMP, as ours; on a CPU without bf16 units, fp32.
     timm_variant = (Variant("timm AMP + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach")
-                    if cuda else Variant("timm fp32", optimizer_kernel="foreach"))
+                    if cuda else Variant("timm channels_last", channels_last=True, optimizer_kernel="foreach"))
     for setting in settings:
         for arch in options.archs:
             for width in options.widths:
-                record(arch, arch, width, setting, default, "grid")
-        if options.timm:
-            record(TIMM_PEER, "hrnet_official", 18, setting, timm_variant, "peer")
-            if "hrnet_official" not in options.archs or 18 not in options.widths:
-                record("hrnet_official", "hrnet_official", 18, setting, default, "peer")
-    if options.ablation:
+                record([(arch, arch, width, default)], setting, "grid")
+        if options.timm:  # the ratio pair, interleaved
+            record([("hrnet_official", "hrnet_official", 18, default),
+                    (TIMM_PEER, "hrnet_official", 18, timm_variant)], setting, "peer")
+    if options.ablation:  # each fast path added in turn, all interleaved
         ablation_setting = next((s for s in settings if s.batch_size == 16), settings[0])
-        for variant in ablation_variants(device, include_compile):
-            record("hrnet_official", "hrnet_official", 18, ablation_setting, variant, "ablation")
+        record([("hrnet_official", "hrnet_official", 18, variant) for variant in ablation_variants(device, include_compile)],
+               ablation_setting, "ablation")
 
     summary: dict[str, Any] = {"device": base["device_name"]}
     frame = pd.DataFrame(rows)
     for setting in settings:
-        ours = frame[(frame["model"] == "hrnet_official") & (frame["width"] == 18) & (frame["setting"] == setting.name)
-                     & (frame["group"] != "ablation")]
-        peer = frame[(frame["model"] == TIMM_PEER) & (frame["setting"] == setting.name)]
+        pair = frame[(frame["group"] == "peer") & (frame["setting"] == setting.name)] if len(frame) else frame
+        ours, peer = pair[pair["model"] == "hrnet_official"], pair[pair["model"] == TIMM_PEER]
         if len(ours) and len(peer):
             summary[f"vs_timm_train_{setting.name}"] = ours["train_images_per_second"].iloc[0] / peer["train_images_per_second"].iloc[0]
             summary[f"vs_timm_inference_{setting.name}"] = ours["inference_images_per_second"].iloc[0] / peer["inference_images_per_second"].iloc[0]
@@ -342,7 +367,7 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
     if options.preprocessing:
         summary.update(compare_preprocessing(device, quiet=options.quiet))
 
-    path = Path(options.results_dir) / "bench" / f"{base['device']}.csv"
+    path = Path(options.output) if options.output else Path(options.results_dir) / "bench" / f"{base['device']}.csv"
     atomic_write(path, lambda stream: frame.to_csv(stream, index=False))
     return rows, summary, path
 
@@ -399,9 +424,9 @@ def estimate_profile(profile: str, device: str = "auto", steps: int | None = Non
         val_images = min(config.val_subset or full_val, full_val)
         test_images = min(config.test_subset or full_test, full_test)
         setting = Setting(profile, config.image_size, config.batch_size)
-        measured = measure(config.arch, config.width, setting, variant, resolved,
+        measured = measure([(config.arch, config.width, variant)], setting, resolved,
                            warmup if warmup is not None else (10 if cuda else 1),
-                           steps if steps is not None else (20 if cuda else 2), 3 if cuda else 1)
+                           steps if steps is not None else (20 if cuda else 2), 3 if cuda else 1)[0]
         epoch_seconds = (math.ceil(train_images / config.batch_size) * measured["train_step_ms"] / 1000
                          + val_images / measured["inference_images_per_second"])
         minutes = (epoch_seconds * config.epochs + test_images * 2 / measured["inference_images_per_second"]) / 60

