@@ -183,7 +183,10 @@ class HighResolutionNet(nn.Module):
         return nn.ModuleList([*(nn.Identity() for _ in range(num_branches)), new_branch])
 
     def _init_weights(self) -> None:
-        # The official HRNet initialisation, one place for every preset.
+        # The official HRNet initialisation, one place for every preset. Meta tensors (shape
+        # only, as in summary()) hold no values, and initialising them is half the build time.
+        if self.conv1.weight.is_meta:
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
