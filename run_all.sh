@@ -58,18 +58,20 @@ only_args=(); [ -z "$only" ] || only_args=(--only "$only")
 # First line: which profile, and why (python resolves auto and rejects unknown names).
 listing="$("$PYTHON" -m hrsnet runs --profile "$profile" --results-dir "$results_dir" "${data_args[@]}" \
            "${only_args[@]}" "${pending[@]}" 2>&1)" || { echo "$listing" >&2; exit 2; }
-echo "$listing" | head -n 1
-resolved="$(echo "$listing" | head -n 1 | sed -E 's/^profile: ([a-z]+).*/\1/')"
-runs="$(echo "$listing" | tail -n +2)"
+# Parsed by shape, not position: a warning printed at import must not shift the lines.
+echo "$listing" | grep -m1 "^profile: "
+resolved="$(echo "$listing" | sed -n -E 's/^profile: ([a-z]+).*/\1/p' | head -n 1)"
+runs="$(echo "$listing" | grep "$(printf '\t')" || true)"
 
 papermill() {  # papermill INPUT OUTPUT [params...]: notebooks run from notebooks/, kernel "hrsnet"
     "$PYTHON" -m papermill "$1" "$2" -k hrsnet --cwd notebooks --no-progress-bar "${@:3}"
 }
 
 started=$SECONDS
+notebooks_ok=1
 echo "[architecture] notebooks/00_architecture.ipynb"
 papermill notebooks/00_architecture.ipynb "$notebook_dir/00_architecture.ipynb" >/dev/null 2>"$notebook_dir/00_architecture.log" \
-    || { echo "  failed: see $notebook_dir/00_architecture.log" >&2; }
+    || { notebooks_ok=0; echo "  failed: see $notebook_dir/00_architecture.log" >&2; }
 
 failed=()
 total=$(echo -n "$runs" | grep -c . || true)
@@ -86,16 +88,17 @@ while IFS=$'\t' read -r run_id arch width state; do
         echo "  $(head -n 1 "$results_dir/runs/$run_id/status"): $(sed -n 2p "$results_dir/runs/$run_id/status") [$((SECONDS - run_started))s]"
     else
         failed+=("$run_id")
-        echo "  FAILED after $((SECONDS - run_started))s: $(grep -m1 -E '^[A-Za-z]*(Error|Exception)' "$notebook_dir/train_$run_id.log" || echo "see the log")" >&2
+        # The notebook's own exception is the traceback's last "Name: message" line.
+        reason="$(grep -E '^[A-Za-z_.]+(Error|Exception|Interrupt): .' "$notebook_dir/train_$run_id.log" | tail -n 1)"
+        echo "  FAILED after $((SECONDS - run_started))s: ${reason:-see the log}" >&2
         echo "  log: $notebook_dir/train_$run_id.log; notebook: $notebook_dir/train_$run_id.ipynb" >&2
     fi
 done <<< "$runs"
 
 echo "[figures] notebooks/02_figures.ipynb"
-figures_ok=1
 papermill notebooks/02_figures.ipynb "$notebook_dir/02_figures.ipynb" -p profile "$resolved" \
     -p results_dir "$results_dir" -p figures_dir "$figures_dir" "${data_params[@]}" \
-    >/dev/null 2>"$notebook_dir/02_figures.log" || { figures_ok=0; echo "  failed: see $notebook_dir/02_figures.log" >&2; }
+    >/dev/null 2>"$notebook_dir/02_figures.log" || { notebooks_ok=0; echo "  failed: see $notebook_dir/02_figures.log" >&2; }
 "$PYTHON" -m hrsnet report "$notebook_dir/00_architecture.ipynb" "$notebook_dir/02_figures.ipynb" \
     --output "$results_dir/report.html" >/dev/null
 
@@ -104,7 +107,7 @@ echo "  figures:  $figures_dir/$resolved/"
 echo "  table:    $figures_dir/$resolved/results_table.md"
 echo "  report:   $results_dir/report.html"
 echo "  runs:     $results_dir/runs/"
-if [ ${#failed[@]} -gt 0 ] || [ $figures_ok -eq 0 ]; then
+if [ ${#failed[@]} -gt 0 ] || [ $notebooks_ok -eq 0 ]; then
     [ ${#failed[@]} -eq 0 ] || echo "failed runs (${#failed[@]}): ${failed[*]}" >&2
     exit 1
 fi

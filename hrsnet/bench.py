@@ -249,7 +249,7 @@ def measure(cases: list[tuple[str, int, Variant]], setting: Setting, device: tor
             if infer_step is not None:
                 infer_blocks[index].append(_block_seconds(infer_step, device, steps))
     rows = []
-    for (train_step, infer_step, peak_memory), train_times, infer_times in zip(prepared, train_blocks, infer_blocks):
+    for (_, _, peak_memory), train_times, infer_times in zip(prepared, train_blocks, infer_blocks):
         step_seconds = statistics.median(train_times)
         rows.append({"train_step_ms": step_seconds * 1000, "train_images_per_second": setting.batch_size / step_seconds,
                      "peak_memory_gib": peak_memory,

@@ -6,7 +6,6 @@ which runs a profile expects, so missing ones can be listed.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,12 +104,3 @@ def profile_runs(profile: str, results_dir: str | Path = "results", data_dir: st
 
 def describe_profiles() -> str:
     return "\n".join(f"  {p.name:6s} {p.description} [{p.cost}]" for p in PROFILES.values())
-
-
-def settings_table(profile: str) -> dict[str, Any]:
-    """The full settings shared by a profile's runs (for notebooks and the README)."""
-    config = run_config(profile, PROFILES[resolve_profile(profile)[0]].networks[0], 1)
-    shared = dataclasses.asdict(config)
-    for key in ("arch", "width", "results_dir", "data_dir", "quiet"):
-        shared.pop(key)
-    return shared

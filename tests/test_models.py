@@ -1,4 +1,6 @@
 """The three networks: construction, structure, the timm peer check, inputs, errors, summary."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
@@ -224,7 +226,7 @@ def test_input_errors(x, match):
 
 def test_config_is_frozen_and_round_trips():
     config = create_model("hrsnet", width=2).config
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.width = 3
     assert HRNetConfig(**{**config.to_dict(), "modules_per_stage": [4, 4, 4]}) == config
 

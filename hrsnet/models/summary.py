@@ -1,7 +1,7 @@
 """Parameter and FLOP counts, from torch's own FlopCounterMode (no hand-written counter)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,9 +24,6 @@ class ModelSummary:
     def forward_gmacs(self) -> float:
         """Multiply-accumulates in billions: the unit HRNet's papers quote as "GFLOPs"."""
         return self.forward_flops / 2e9
-
-    def as_row(self) -> dict[str, Any]:
-        return {**asdict(self), "forward_gmacs": self.forward_gmacs}
 
 
 def count_forward_flops(model: torch.nn.Module, image_size: int, batch_size: int = 1) -> int:
