@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the test suite (offline, a few minutes on 2 CPU cores). Creates .venv first if no
-# active environment has the dependencies. Extra arguments go to pytest: ./run_tests.sh -k models
+# Runs the lint and format check (ruff), then the test suite (offline, a few minutes on 2 CPU
+# cores). Creates .venv first if no active environment has the dependencies. Extra arguments
+# go to pytest: ./run_tests.sh -k models
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
+"$PYTHON" -m ruff check hrsnet tests
+"$PYTHON" -m ruff format --check hrsnet tests
 exec "$PYTHON" -m pytest "$@"

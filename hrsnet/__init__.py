@@ -1,4 +1,5 @@
 """hrsnet: a runnable reproducibility report for HRNet and HRSNet on CIFAR-100."""
+
 from .models import create_model, list_models
 
 __version__ = "0.1.0"

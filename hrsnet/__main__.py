@@ -1,98 +1,115 @@
 """Command line: ``python -m hrsnet {train,summary,runs,bench} ...`` (``--help`` on each)."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any, Sequence
-
-def _train_defaults():
-    from .train import TrainConfig
-    return TrainConfig()
+from collections.abc import Sequence
+from typing import Any
 
 
 def parse_model_option(text: str) -> tuple[str, Any]:
     """``key=value`` -> (key, value): true/false -> bool, 1,2,3 -> tuple of ints, digits -> int."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--model-option expects key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. unit=basic; got {text!r}")
     key, raw = text.split("=", 1)
     lowered = raw.strip().lower()
     if lowered in ("true", "false"):
         return key, lowered == "true"
     if "," in raw:
-        return key, tuple(int(part) for part in raw.split(","))
+        try:
+            return key, tuple(int(part) for part in raw.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{key} takes whole numbers separated by commas, e.g. 4,4,4; got {raw!r}"
+            ) from None
     return key, int(raw) if raw.lstrip("-").isdigit() else raw
 
 
+def _none_or(kind: type):
+    """argparse type for an optional setting: the word None (any case) or a value of ``kind``."""
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    d = _train_defaults()
-    from .data import DATASETS
-    from .models import list_models
-    from .train import COMPILE_MODES, OPTIMIZERS, PRECISIONS, SWITCHES
+    """One option per TrainConfig field, from the field's metadata (hrsnet.config)."""
+    import dataclasses
 
-    g = parser.add_argument_group("what to train")
-    g.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")
-    g.add_argument("--width", type=int, default=d.width, help=f"C, width of the highest-resolution branch (default {d.width})")
-    g.add_argument("--model-option", action="append", default=[], type=parse_model_option, metavar="KEY=VALUE",
-                   help="override one model config field, e.g. unit=basic or modules_per_stage=4,4,4 (repeatable)")
-    g.add_argument("--dataset", default=d.dataset, help=f"{' or '.join(DATASETS)} (default {d.dataset})")
-    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/ (default: $HRSNET_DATA, else data/ in the repository)")
-    g.add_argument("--image-size", type=int, default=d.image_size, help=f"images are resized to this square size (default {d.image_size})")
-    g.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) and horizontal flip (off in the paper)")
-    g.add_argument("--train-subset", type=int, default=None, help="use only the first N training images (quick runs)")
-    g.add_argument("--val-subset", type=int, default=None)
-    g.add_argument("--test-subset", type=int, default=None)
+    from .config import GROUPS, TrainConfig, field_types, optional
 
-    g = parser.add_argument_group("optimisation (defaults: the released notebooks)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    g.add_argument("--optimizer", default=d.optimizer, help=f"{' or '.join(OPTIMIZERS)}; adam is the report's text (default {d.optimizer})")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"(default {d.lr})")
-    g.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum or Adam beta1 (default {d.momentum})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience in epochs (default {d.patience})")
-    g.add_argument("--min-delta", type=float, default=d.min_delta)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--precision", default=d.precision, help=f"{', '.join(PRECISIONS)}; auto is bf16 autocast on CUDA, fp32 elsewhere")
-
-    g = parser.add_argument_group("how and where to run (not part of the run id)")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU)")
-    g.add_argument("--channels-last", default=d.channels_last, help=f"{', '.join(SWITCHES)} (auto: on for CUDA and CPU)")
-    g.add_argument("--compile", default=d.compile, help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default {d.compile})")
-    g.add_argument("--fused-optimizer", default=d.fused_optimizer, help=f"{', '.join(SWITCHES)} (auto: on for CUDA)")
-    g.add_argument("--eval-batch-size", type=int, default=None)
-    g.add_argument("--results-dir", default=d.results_dir, help=f"runs go to RESULTS_DIR/runs/<run_id>/ (default {d.results_dir})")
-    g.add_argument("--force", action="store_true", help="start over even if the run is finished or has a checkpoint")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    types = field_types()
+    for config_field in dataclasses.fields(TrainConfig):
+        name, meta = config_field.name, config_field.metadata
+        group = groups[meta["group"]]
+        if name == "model_options":
+            group.add_argument(
+                "--model-option",
+                dest=name,
+                action="append",
+                default=[],
+                type=parse_model_option,
+                metavar="KEY=VALUE",
+                help=meta["help"],
+            )
+            continue
+        option = "--" + name.replace("_", "-")
+        if types[name] is bool:
+            group.add_argument(option, action="store_true", help=meta["help"])
+            continue
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        kind = _none_or(types[name]) if optional(name) else types[name]
+        group.add_argument(
+            option,
+            type=kind,
+            default=config_field.default,
+            choices=choices,
+            help=meta["help"],
+            metavar=None if choices else name.upper(),
+        )
+    groups["run"].add_argument(
+        "--force", action="store_true", help="start over even if the run is finished or has a checkpoint"
+    )
 
 
 def config_from_args(args: argparse.Namespace):
-    from .train import TrainConfig
-    return TrainConfig(
-        arch=args.arch, width=args.width, model_options=tuple(sorted(args.model_option)),
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
-        augment=args.augment, train_subset=args.train_subset, val_subset=args.val_subset,
-        test_subset=args.test_subset, seed=args.seed, precision=args.precision,
-        deterministic=args.deterministic, device=args.device, channels_last=args.channels_last,
-        compile=args.compile, fused_optimizer=args.fused_optimizer, eval_batch_size=args.eval_batch_size,
-        results_dir=args.results_dir, quiet=args.quiet)
+    import dataclasses
+
+    from .config import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
+
     config = config_from_args(args)
     result = fit(config, force=args.force)
-    print(json.dumps({"run_id": config.run_id, "run_dir": str(result.run_dir), "status": result.status.state,
-                      "reason": result.status.reason, "test_metrics": result.test_metrics}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_id": config.run_id,
+                "run_dir": str(result.run_dir),
+                "status": result.status.state,
+                "reason": result.status.reason,
+                "test_metrics": result.test_metrics,
+            },
+            indent=2,
+        )
+    )
     return 0 if result.status.state in ("complete", "early-stopped") else 3
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .models.summary import architecture_table, claim_finding
+    from .paper import architecture_table, claim_finding
     from .tables import markdown_table
+
     table = architecture_table(args.arch or None, args.width, args.image_size, args.num_classes)
     print(markdown_table(table) if args.markdown else table.to_string(index=False))
     if {"hrnet", "hrsnet"} <= set(table["network"]):
@@ -104,6 +121,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """List a profile's runs for run_all.sh: first line (stderr) says which profile and why."""
     from . import rundir
     from .experiments import profile_runs, resolve_profile
+
     name, why = resolve_profile(args.profile)
     print(f"profile: {name} ({why})", file=sys.stderr)
     for config in profile_runs(name, args.results_dir, args.data_dir, only=args.only):
@@ -117,6 +135,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_report
+
     print(render_report(args.notebooks, args.output))
     return 0
 
@@ -125,22 +144,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .bench import BenchOptions, estimate_profile, parse_setting, run_benchmark
+
     if args.estimate:
         rows = estimate_profile(args.estimate, args.device, args.steps, args.warmup, args.quiet)
         total = sum(row["run_minutes"] for row in rows)
-        print(f"profile {args.estimate}: at most {total:.0f} minutes ({total / 60:.1f} h) for {len(rows)} runs "
-              "at the epoch limit; early stopping ends most runs sooner")
+        print(
+            f"profile {args.estimate}: at most {total:.0f} minutes ({total / 60:.1f} h) for {len(rows)} runs "
+            "at the epoch limit; early stopping ends most runs sooner"
+        )
         return 0
     options = BenchOptions(
-        archs=tuple(args.arch or BenchOptions.archs), widths=tuple(args.width),
+        archs=tuple(args.arch or BenchOptions.archs),
+        widths=tuple(args.width),
         settings=tuple(parse_setting(s) for s in args.settings) if args.settings else None,
-        device=args.device, peak_tflops=args.peak_tflops, warmup=args.warmup, steps=args.steps,
-        repeats=args.repeats, timm=not args.no_timm, ablation=not args.no_ablation,
-        include_compile=args.compile, preprocessing=not args.no_preprocessing,
-        results_dir=args.results_dir, output=args.output, quiet=args.quiet)
+        device=args.device,
+        peak_tflops=args.peak_tflops,
+        warmup=args.warmup,
+        steps=args.steps,
+        repeats=args.repeats,
+        timm=not args.no_timm,
+        ablation=not args.no_ablation,
+        include_compile=args.compile,
+        preprocessing=not args.no_preprocessing,
+        results_dir=args.results_dir,
+        output=args.output,
+        quiet=args.quiet,
+    )
     rows, summary, path = run_benchmark(options)
-    columns = ["group", "model", "width", "setting", "batch_size", "variant", "train_images_per_second",
-               "inference_images_per_second", "peak_memory_gib", "achieved_tflops", "flop_utilisation"]
+    columns = [
+        "group",
+        "model",
+        "width",
+        "setting",
+        "batch_size",
+        "variant",
+        "train_images_per_second",
+        "inference_images_per_second",
+        "peak_memory_gib",
+        "achieved_tflops",
+        "flop_utilisation",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
         print(pd.DataFrame(rows)[columns].to_string(index=False))
     for key, value in summary.items():
@@ -152,8 +195,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hrsnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train one network (resumes if a checkpoint exists)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train = commands.add_parser(
+        "train",
+        help="train one network (resumes if a checkpoint exists)",
+        description="Train one network; every option is a field of hrsnet.config.TrainConfig.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_train_arguments(train)
     train.set_defaults(handler=cmd_train)
 
@@ -166,9 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=cmd_summary)
 
     from .experiments import describe_profiles
-    runs = commands.add_parser("runs", help="list the runs of a profile (run_id, arch, width, state)",
-                               epilog="profiles:\n" + describe_profiles(),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    runs = commands.add_parser(
+        "runs",
+        help="list the runs of a profile (run_id, arch, width, state)",
+        epilog="profiles:\n" + describe_profiles(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     runs.add_argument("--profile", default="auto", help="paper, quick, smoke or auto (default auto)")
     runs.add_argument("--only", default=None, help="a run id or an arch")
     runs.add_argument("--pending", action="store_true", help="leave out finished runs")
@@ -179,17 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="throughput, memory and FLOP utilisation, side by side with timm")
     bench.add_argument("--arch", action="append", help="network (repeatable; default: all three)")
     bench.add_argument("--width", type=int, nargs="+", default=[2, 18, 30])
-    bench.add_argument("--settings", nargs="+", metavar="SETTING",
-                       help="paper (224px, batch 16), throughput (224px, batch 128, halved until it fits), "
-                            "cpu (64px, batch 16) or NAME:SIZE:BATCH (default: paper throughput on CUDA, cpu on CPU)")
+    bench.add_argument(
+        "--settings",
+        nargs="+",
+        metavar="SETTING",
+        help="paper (224px, batch 16), throughput (224px, batch 128, halved until it fits), "
+        "cpu (64px, batch 16) or NAME:SIZE:BATCH (default: paper throughput on CUDA, cpu on CPU)",
+    )
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--peak-tflops", type=float, default=None,
-                       help="dense bf16 peak of the device, for FLOP utilisation (default: a table of known GPUs)")
+    bench.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak of the device, for FLOP utilisation (default: a table of known GPUs)",
+    )
     bench.add_argument("--warmup", type=int, default=None)
     bench.add_argument("--steps", type=int, default=None, help="steps per timed block")
     bench.add_argument("--repeats", type=int, default=None, help="timed blocks; the median is reported")
-    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="include torch.compile in the ablation (default: on CUDA only)")
+    bench.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="include torch.compile in the ablation (default: on CUDA only)",
+    )
     bench.add_argument("--no-timm", action="store_true", help="skip timm's hrnet_w18")
     bench.add_argument("--no-ablation", action="store_true", help="skip the fast-path ablation")
     bench.add_argument("--no-preprocessing", action="store_true", help="skip the preprocessing comparison")
@@ -210,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataNotFoundError
     from .train import CheckpointError
+
     try:
         return args.handler(args)
     except (ValueError, DataNotFoundError, CheckpointError) as error:

@@ -7,6 +7,7 @@ the median over repeats. The training step includes the device-resident preproce
 a uint8 batch (gather, resize to the setting's size, normalise), as in training. FLOPs per
 image come from FlopCounterMode on the meta device (forward + backward of one image).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +16,10 @@ import platform
 import re
 import statistics
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,12 +29,34 @@ from torch.utils.flop_counter import FlopCounterMode
 from .data import preprocess
 from .models import create_model, list_models
 from .rundir import atomic_write
+from .runtime import (
+    autocast_context,
+    make_optimizer,
+    memory_format,
+    resolve_channels_last,
+    resolve_device,
+    resolve_optimizer_kernel,
+    resolve_precision,
+)
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' datasheets.
 PEAK_BF16_TFLOPS = [
-    ("H200", 989.4), ("H100 SXM", 989.4), ("H100 80GB HBM3", 989.4), ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0), ("H100", 756.0), ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0),
-    ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+    ("H200", 989.4),
+    ("H100 SXM", 989.4),
+    ("H100 80GB HBM3", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 756.0),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0),
 ]
 TIMM_PEER = "timm:hrnet_w18"
 # (train, validation, test) images of each dataset's full splits, for time estimates.
@@ -68,8 +91,11 @@ def default_settings(device: torch.device) -> list[Setting]:
 
 def parse_setting(text: str) -> Setting:
     """``paper``, ``throughput``, ``cpu`` or ``name:SIZE:BATCH``."""
-    named = {"paper": Setting("paper", 224, 16), "throughput": Setting("throughput", 224, 128),
-             "cpu": Setting("cpu", 64, 16)}
+    named = {
+        "paper": Setting("paper", 224, 16),
+        "throughput": Setting("throughput", 224, 128),
+        "cpu": Setting("cpu", 64, 16),
+    }
     if text in named:
         return named[text]
     match = re.fullmatch(r"([a-z0-9_-]+):(\d+):(\d+)", text)
@@ -80,9 +106,12 @@ def parse_setting(text: str) -> Setting:
 
 def default_variant(device: torch.device) -> Variant:
     """What training uses by default on this device (TrainConfig's "auto" switches)."""
-    if device.type == "cuda":
-        return Variant("default", precision="bf16", channels_last=True, optimizer_kernel="fused")
-    return Variant("default", channels_last=True, optimizer_kernel="foreach")
+    return Variant(
+        "default",
+        precision=resolve_precision("auto", device),
+        channels_last=resolve_channels_last("auto", device),
+        optimizer_kernel=resolve_optimizer_kernel("auto", device),
+    )
 
 
 def ablation_variants(device: torch.device, include_compile: bool) -> list[Variant]:
@@ -125,6 +154,7 @@ def device_slug(device: torch.device) -> str:
 def build_model(name: str, width: int) -> nn.Module:
     if name == TIMM_PEER:
         import timm
+
         return timm.create_model("hrnet_w18", pretrained=False, num_classes=NUM_CLASSES)
     return create_model(name, width=width, num_classes=NUM_CLASSES)
 
@@ -175,11 +205,20 @@ def _source_batch(device: torch.device, count: int = 512) -> torch.Tensor:
 
 def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
     """A closure doing one training step of fit() (gather, preprocess, forward, backward, optimizer)."""
+    from .config import TrainConfig
     from .train import training_step
-    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).train()
-    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[variant.optimizer_kernel]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, **kernel)
+
+    layout = memory_format(variant.channels_last)
+    model.to(device=device, memory_format=layout).train()
+    protocol = TrainConfig()  # the optimizer training uses by default
+    optimizer = make_optimizer(
+        protocol.optimizer,
+        model.parameters(),
+        protocol.lr,
+        protocol.momentum,
+        protocol.weight_decay,
+        variant.optimizer_kernel,
+    )
     forward = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
     source = _source_batch(device)
     labels_all = torch.randint(0, NUM_CLASSES, (len(source),), generator=torch.Generator().manual_seed(1)).to(device)
@@ -190,23 +229,25 @@ def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device
         start = position[0] % (len(source) - setting.batch_size + 1)
         position[0] += setting.batch_size
         batch = slice(start, start + setting.batch_size)
-        training_step(forward, optimizer, source[batch], labels_all[batch], setting.image_size,
-                      variant.precision, memory_format)
+        training_step(
+            forward, optimizer, source[batch], labels_all[batch], setting.image_size, variant.precision, layout
+        )
+
     return step
 
 
 def make_inference_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
-    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
+    layout = memory_format(variant.channels_last)
+    model.to(device=device, memory_format=layout)
     source = _source_batch(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.precision == "bf16" else nullcontext())
 
     @torch.no_grad()
     def step() -> None:
         model.eval()
-        images = preprocess(source[:setting.batch_size], setting.image_size, memory_format=memory_format)
-        with autocast:
+        images = preprocess(source[: setting.batch_size], setting.image_size, memory_format=layout)
+        with autocast_context(variant.precision, device):
             model(images)
+
     return step
 
 
@@ -214,8 +255,15 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def measure(cases: list[tuple[str, int, Variant]], setting: Setting, device: torch.device, warmup: int,
-            steps: int, repeats: int, inference: bool = True) -> list[dict[str, Any]]:
+def measure(
+    cases: list[tuple[str, int, Variant]],
+    setting: Setting,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    inference: bool = True,
+) -> list[dict[str, Any]]:
     """One row per (model name, width, variant), measured side by side.
 
     Each model is built and warmed up on its own (its peak memory is read then); then the
@@ -251,10 +299,16 @@ def measure(cases: list[tuple[str, int, Variant]], setting: Setting, device: tor
     rows = []
     for (_, _, peak_memory), train_times, infer_times in zip(prepared, train_blocks, infer_blocks):
         step_seconds = statistics.median(train_times)
-        rows.append({"train_step_ms": step_seconds * 1000, "train_images_per_second": setting.batch_size / step_seconds,
-                     "peak_memory_gib": peak_memory,
-                     "inference_images_per_second": setting.batch_size / statistics.median(infer_times)
-                     if infer_times else math.nan})
+        rows.append(
+            {
+                "train_step_ms": step_seconds * 1000,
+                "train_images_per_second": setting.batch_size / step_seconds,
+                "peak_memory_gib": peak_memory,
+                "inference_images_per_second": setting.batch_size / statistics.median(infer_times)
+                if infer_times
+                else math.nan,
+            }
+        )
     return rows
 
 
@@ -287,7 +341,6 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
     preprocessing comparison; write results/bench/<device>.csv. Returns (rows, summary, path)."""
     import pandas as pd
 
-    from .train import resolve_device
     device = resolve_device(options.device)
     cuda = device.type == "cuda"
     warmup = options.warmup if options.warmup is not None else (10 if cuda else 1)
@@ -312,8 +365,9 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
         batch = setting
         while True:
             try:
-                measured = measure([(name, width, variant) for name, _, width, variant in cases], batch, device,
-                                   warmup, steps, repeats)
+                measured = measure(
+                    [(name, width, variant) for name, _, width, variant in cases], batch, device, warmup, steps, repeats
+                )
                 break
             except RuntimeError as error:  # the largest batch that fits, for the throughput setting
                 if not (cuda and _is_out_of_memory(error) and batch.name == "throughput" and batch.batch_size > 8):
@@ -323,35 +377,67 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
         for (name, arch, width, variant), result in zip(cases, measured):
             flops = flops_cache[(name, width, setting.image_size)]
             achieved = flops * result["train_images_per_second"] / 1e12
-            row = {**base, "group": group, "model": name, "arch": arch, "width": width, "setting": setting.name,
-                   "image_size": batch.image_size, "batch_size": batch.batch_size, "variant": variant.name,
-                   "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile,
-                   "optimizer_kernel": variant.optimizer_kernel, **result, "train_gflops_per_image": flops / 1e9,
-                   "achieved_tflops": achieved, "peak_tflops": peak if peak is not None else math.nan,
-                   "flop_utilisation": achieved / peak if peak else math.nan}
+            row = {
+                **base,
+                "group": group,
+                "model": name,
+                "arch": arch,
+                "width": width,
+                "setting": setting.name,
+                "image_size": batch.image_size,
+                "batch_size": batch.batch_size,
+                "variant": variant.name,
+                "precision": variant.precision,
+                "channels_last": variant.channels_last,
+                "compile": variant.compile,
+                "optimizer_kernel": variant.optimizer_kernel,
+                **result,
+                "train_gflops_per_image": flops / 1e9,
+                "achieved_tflops": achieved,
+                "peak_tflops": peak if peak is not None else math.nan,
+                "flop_utilisation": achieved / peak if peak else math.nan,
+            }
             rows.append(row)
-            _log(f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:24s} "
-                 f"train {row['train_images_per_second']:8.1f} img/s  infer {row['inference_images_per_second']:8.1f} img/s",
-                 options.quiet)
+            _log(
+                f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:24s} "
+                f"train {row['train_images_per_second']:8.1f} img/s  "
+                f"infer {row['inference_images_per_second']:8.1f} img/s",
+                options.quiet,
+            )
 
-    _log(f"benchmark on {base['device_name']} (torch {torch.__version__}); warm-up {warmup}, "
-         f"{steps} steps x {repeats} repeats, median", options.quiet)
+    _log(
+        f"benchmark on {base['device_name']} (torch {torch.__version__}); warm-up {warmup}, "
+        f"{steps} steps x {repeats} repeats, median",
+        options.quiet,
+    )
     default = default_variant(device)
     # timm's recommended fast settings: AMP and channels_last (train.py --amp --channels-last).
     # bf16 rather than timm's default fp16 AMP, as ours; on a CPU without bf16 units, fp32.
-    timm_variant = (Variant("timm AMP + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach")
-                    if cuda else Variant("timm channels_last", channels_last=True, optimizer_kernel="foreach"))
+    timm_variant = (
+        Variant("timm AMP + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach")
+        if cuda
+        else Variant("timm channels_last", channels_last=True, optimizer_kernel="foreach")
+    )
     for setting in settings:
         for arch in options.archs:
             for width in options.widths:
                 record([(arch, arch, width, default)], setting, "grid")
         if options.timm:  # the ratio pair, interleaved
-            record([("hrnet_official", "hrnet_official", 18, default),
-                    (TIMM_PEER, "hrnet_official", 18, timm_variant)], setting, "peer")
+            record(
+                [("hrnet_official", "hrnet_official", 18, default), (TIMM_PEER, "hrnet_official", 18, timm_variant)],
+                setting,
+                "peer",
+            )
     if options.ablation:  # each fast path added in turn, all interleaved
         ablation_setting = next((s for s in settings if s.batch_size == 16), settings[0])
-        record([("hrnet_official", "hrnet_official", 18, variant) for variant in ablation_variants(device, include_compile)],
-               ablation_setting, "ablation")
+        record(
+            [
+                ("hrnet_official", "hrnet_official", 18, variant)
+                for variant in ablation_variants(device, include_compile)
+            ],
+            ablation_setting,
+            "ablation",
+        )
 
     summary: dict[str, Any] = {"device": base["device_name"]}
     frame = pd.DataFrame(rows)
@@ -359,11 +445,17 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
         pair = frame[(frame["group"] == "peer") & (frame["setting"] == setting.name)] if len(frame) else frame
         ours, peer = pair[pair["model"] == "hrnet_official"], pair[pair["model"] == TIMM_PEER]
         if len(ours) and len(peer):
-            summary[f"vs_timm_train_{setting.name}"] = ours["train_images_per_second"].iloc[0] / peer["train_images_per_second"].iloc[0]
-            summary[f"vs_timm_inference_{setting.name}"] = ours["inference_images_per_second"].iloc[0] / peer["inference_images_per_second"].iloc[0]
+            summary[f"vs_timm_train_{setting.name}"] = (
+                ours["train_images_per_second"].iloc[0] / peer["train_images_per_second"].iloc[0]
+            )
+            summary[f"vs_timm_inference_{setting.name}"] = (
+                ours["inference_images_per_second"].iloc[0] / peer["inference_images_per_second"].iloc[0]
+            )
     ablation = frame[frame["group"] == "ablation"] if len(frame) else frame
     if len(ablation) > 1:
-        summary["fastest_vs_plain"] = ablation["train_images_per_second"].max() / ablation["train_images_per_second"].iloc[0]
+        summary["fastest_vs_plain"] = (
+            ablation["train_images_per_second"].max() / ablation["train_images_per_second"].iloc[0]
+        )
     if options.preprocessing:
         summary.update(compare_preprocessing(device, quiet=options.quiet))
 
@@ -372,8 +464,9 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
     return rows, summary, path
 
 
-def compare_preprocessing(device: torch.device, image_size: int = 224, count: int = 256,
-                          quiet: bool = False) -> dict[str, float]:
+def compare_preprocessing(
+    device: torch.device, image_size: int = 224, count: int = 256, quiet: bool = False
+) -> dict[str, float]:
     """Images/s of the device-resident batched preprocessing vs a per-image PIL pipeline
     (Resize + ToTensor + Normalize, as a torchvision Dataset with transforms does it)."""
     import numpy as np
@@ -382,8 +475,13 @@ def compare_preprocessing(device: torch.device, image_size: int = 224, count: in
 
     images = _source_batch(torch.device("cpu"), count)
     arrays = [image.permute(1, 2, 0).numpy() for image in images]
-    pipeline = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                   transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5,) * 3, (0.5,) * 3),
+        ]
+    )
 
     def per_image() -> None:
         torch.stack([pipeline(Image.fromarray(np.asarray(array))) for array in arrays])
@@ -392,28 +490,34 @@ def compare_preprocessing(device: torch.device, image_size: int = 224, count: in
 
     def batched() -> None:
         for start in range(0, count, 64):
-            preprocess(on_device[start:start + 64], image_size)
+            preprocess(on_device[start : start + 64], image_size)
 
     per_image()
     batched()
     _sync(device)
     pil_seconds = _median_seconds(per_image, torch.device("cpu"), 1, 3)
     device_seconds = _median_seconds(batched, device, 1, 5)
-    result = {"preprocess_pil_images_per_second": count / pil_seconds,
-              "preprocess_device_images_per_second": count / device_seconds,
-              "preprocess_speedup": pil_seconds / device_seconds}
-    _log(f"  preprocessing to {image_size}px: per-image PIL {result['preprocess_pil_images_per_second']:.0f} img/s, "
-         f"batched on {device.type} {result['preprocess_device_images_per_second']:.0f} img/s "
-         f"({result['preprocess_speedup']:.1f}x)", quiet)
+    result = {
+        "preprocess_pil_images_per_second": count / pil_seconds,
+        "preprocess_device_images_per_second": count / device_seconds,
+        "preprocess_speedup": pil_seconds / device_seconds,
+    }
+    _log(
+        f"  preprocessing to {image_size}px: per-image PIL {result['preprocess_pil_images_per_second']:.0f} img/s, "
+        f"batched on {device.type} {result['preprocess_device_images_per_second']:.0f} img/s "
+        f"({result['preprocess_speedup']:.1f}x)",
+        quiet,
+    )
     return result
 
 
-def estimate_profile(profile: str, device: str = "auto", steps: int | None = None, warmup: int | None = None,
-                     quiet: bool = False) -> list[dict[str, Any]]:
+def estimate_profile(
+    profile: str, device: str = "auto", steps: int | None = None, warmup: int | None = None, quiet: bool = False
+) -> list[dict[str, Any]]:
     """Minutes per run of a profile, from measured step and evaluation times at its settings:
     (train batches x step time + validation images / inference rate) x max epochs + the test pass."""
     from .experiments import profile_runs
-    from .train import resolve_device
+
     resolved = resolve_device(device)
     cuda = resolved.type == "cuda"
     variant = default_variant(resolved)
@@ -424,14 +528,32 @@ def estimate_profile(profile: str, device: str = "auto", steps: int | None = Non
         val_images = min(config.val_subset or full_val, full_val)
         test_images = min(config.test_subset or full_test, full_test)
         setting = Setting(profile, config.image_size, config.batch_size)
-        measured = measure([(config.arch, config.width, variant)], setting, resolved,
-                           warmup if warmup is not None else (10 if cuda else 1),
-                           steps if steps is not None else (20 if cuda else 2), 3 if cuda else 1)[0]
-        epoch_seconds = (math.ceil(train_images / config.batch_size) * measured["train_step_ms"] / 1000
-                         + val_images / measured["inference_images_per_second"])
+        measured = measure(
+            [(config.arch, config.width, variant)],
+            setting,
+            resolved,
+            warmup if warmup is not None else (10 if cuda else 1),
+            steps if steps is not None else (20 if cuda else 2),
+            3 if cuda else 1,
+        )[0]
+        epoch_seconds = (
+            math.ceil(train_images / config.batch_size) * measured["train_step_ms"] / 1000
+            + val_images / measured["inference_images_per_second"]
+        )
         minutes = (epoch_seconds * config.epochs + test_images * 2 / measured["inference_images_per_second"]) / 60
-        rows.append({"run_id": config.run_id, "arch": config.arch, "width": config.width,
-                     "epoch_minutes": epoch_seconds / 60, "max_epochs": config.epochs, "run_minutes": minutes})
-        _log(f"  {config.arch:16s} C={config.width:<3d} {epoch_seconds / 60:7.2f} min/epoch, "
-             f"at most {minutes:8.1f} min for {config.epochs} epochs", quiet)
+        rows.append(
+            {
+                "run_id": config.run_id,
+                "arch": config.arch,
+                "width": config.width,
+                "epoch_minutes": epoch_seconds / 60,
+                "max_epochs": config.epochs,
+                "run_minutes": minutes,
+            }
+        )
+        _log(
+            f"  {config.arch:16s} C={config.width:<3d} {epoch_seconds / 60:7.2f} min/epoch, "
+            f"at most {minutes:8.1f} min for {config.epochs} epochs",
+            quiet,
+        )
     return rows

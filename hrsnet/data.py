@@ -11,10 +11,10 @@ Datasets:
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes), for
   machines without CIFAR-100: a seeded 20% test split, the rest split like CIFAR-100's.
 """
+
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -61,9 +61,16 @@ class DatasetSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to(self, device: torch.device | str) -> "DatasetSplits":
-        return DatasetSplits(self.name, self.class_names, self.train.to(device), self.val.to(device),
-                             self.test.to(device), self.train_indices, self.val_indices)
+    def to(self, device: torch.device | str) -> DatasetSplits:
+        return DatasetSplits(
+            self.name,
+            self.class_names,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.train_indices,
+            self.val_indices,
+        )
 
 
 def default_data_dir() -> Path:
@@ -105,20 +112,24 @@ def load_cifar100_arrays(data_dir: Path, download: bool = True):
     from torchvision.datasets import CIFAR100
 
     root = str(data_dir)
-    how_to = (f"put the extracted 'cifar-100-python' folder (from {CIFAR100_URL}) in {data_dir}/, "
-              "or point --data-dir / HRSNET_DATA at a folder that has it")
+    how_to = (
+        f"put the extracted 'cifar-100-python' folder (from {CIFAR100_URL}) in {data_dir}/, "
+        "or point --data-dir / HRSNET_DATA at a folder that has it"
+    )
     try:
         train = CIFAR100(root, train=True, download=False)  # raises if missing or corrupt
     except RuntimeError:
         if not download:
-            raise DataNotFoundError(f"CIFAR-100 not found (or it failed its checksum) in {data_dir}: {how_to}") from None
+            raise DataNotFoundError(
+                f"CIFAR-100 not found (or it failed its checksum) in {data_dir}: {how_to}"
+            ) from None
         try:
             train = CIFAR100(root, train=True, download=True)
         except Exception as error:  # URLError, timeouts, HTTP errors, a bad archive checksum
             detail = str(error).splitlines()[0] if str(error) else "no detail"
             raise DataNotFoundError(
-                f"CIFAR-100 is not in {data_dir} and downloading it failed "
-                f"({type(error).__name__}: {detail}); {how_to}") from None
+                f"CIFAR-100 is not in {data_dir} and downloading it failed ({type(error).__name__}: {detail}); {how_to}"
+            ) from None
     test = CIFAR100(root, train=False, download=False)
     return train.data, train.targets, test.data, test.targets, list(train.classes)
 
@@ -133,13 +144,21 @@ def load_digits_arrays():
     return images, digits.target, [str(d) for d in range(10)]
 
 
-def load_dataset(name: str, data_dir: Path | str | None = None, seed: int = 0, val_fraction: float = 0.2,
-                 train_subset: int | None = None, val_subset: int | None = None,
-                 test_subset: int | None = None, download: bool = True) -> DatasetSplits:
+def load_dataset(
+    name: str,
+    data_dir: Path | str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    test_subset: int | None = None,
+    download: bool = True,
+) -> DatasetSplits:
     """Load ``name`` into CPU uint8 tensors and split it; ``*_subset`` keep the first n of a split."""
     if name == "cifar100":
         train_x, train_y, test_x, test_y, classes = load_cifar100_arrays(
-            Path(data_dir) if data_dir is not None else default_data_dir(), download)
+            Path(data_dir) if data_dir is not None else default_data_dir(), download
+        )
     elif name == "digits":
         images, labels, classes = load_digits_arrays()
         # Digits has no official test set: hold one out with a seed of its own, fixed, so every
@@ -154,8 +173,15 @@ def load_dataset(name: str, data_dir: Path | str | None = None, seed: int = 0, v
     train = Split(full_train.images[train_indices], full_train.labels[train_indices])
     val = Split(full_train.images[val_indices], full_train.labels[val_indices])
     test = _nhwc_to_split(test_x, test_y)
-    return DatasetSplits(name, classes, _subset(train, train_subset), _subset(val, val_subset),
-                         _subset(test, test_subset), train_indices, val_indices)
+    return DatasetSplits(
+        name,
+        classes,
+        _subset(train, train_subset),
+        _subset(val, val_subset),
+        _subset(test, test_subset),
+        train_indices,
+        val_indices,
+    )
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -176,9 +202,13 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     return torch.where(flips[:, None, None, None], cropped.flip(-1), cropped)
 
 
-def preprocess(images: torch.Tensor, image_size: int, augment: bool = False,
-               generator: torch.Generator | None = None,
-               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor,
+    image_size: int,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
     """uint8 (N, 3, h, w) -> normalized float32 (N, 3, image_size, image_size), on the images' device.
 
     The paper's pipeline, ``Resize((s, s))`` + ``ToTensor`` + ``Normalize(0.5, 0.5)``, in one
@@ -191,45 +221,12 @@ def preprocess(images: torch.Tensor, image_size: int, augment: bool = False,
             raise ValueError("augment=True needs a torch.Generator for its random crops and flips")
         x = random_crop_flip(x, generator)
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=image_size < max(x.shape[-2:]))
+        x = F.interpolate(
+            x,
+            size=(image_size, image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=image_size < max(x.shape[-2:]),
+        )
     x = x.sub_(NORMALIZE_MEAN).div_(NORMALIZE_STD)
     return x.contiguous(memory_format=memory_format)
-
-
-def write_cifar100_fixture(root: Path | str, train_per_class: int = 5, test_per_class: int = 2,
-                           num_classes: int = 100, seed: int = 0) -> dict[str, str]:
-    """Write a small dataset in the real CIFAR-100 python format under ``root/cifar-100-python``.
-
-    Same pickles (``train``, ``test``, ``meta``), keys and dtypes as the real archive, random
-    images with a class-dependent mean so a model can learn something. Returns the files'
-    MD5 sums, which differ from the real ones: tests that load it through torchvision must
-    patch ``CIFAR100.train_list`` / ``test_list`` / ``meta`` (see tests/conftest.py).
-    """
-    import hashlib
-
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    fine_names = [f"class_{i:02d}" for i in range(num_classes)]
-    fine_names[:4] = ["apple", "aquarium_fish", "baby", "bear"][: min(4, num_classes)]
-
-    def make(per_class: int) -> dict:
-        labels = np.repeat(np.arange(num_classes), per_class)
-        rng.shuffle(labels)
-        means = (labels * 37 % 200 + 28).astype(np.float64)
-        pixels = np.clip(rng.normal(means[:, None], 40.0, (len(labels), 3072)), 0, 255).astype(np.uint8)
-        # str keys and values: what Python 2's pickles of the real archive load as (latin1).
-        return {"data": pixels, "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(),
-                "filenames": [f"img_{i}.png" for i in range(len(labels))]}
-
-    contents = {"train": make(train_per_class), "test": make(test_per_class),
-                "meta": {"fine_label_names": fine_names,
-                         "coarse_label_names": [f"super_{i}" for i in range(20)]}}
-    checksums = {}
-    for filename, content in contents.items():
-        path = folder / filename
-        with open(path, "wb") as handle:
-            pickle.dump(content, handle, protocol=2)
-        checksums[filename] = hashlib.md5(path.read_bytes()).hexdigest()
-    return checksums

@@ -2,15 +2,16 @@
 
 Everything accumulates on the device; the only host sync is the final copy of the totals.
 """
+
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .data import Split, preprocess
+from .runtime import autocast_context
 
 
 @dataclass
@@ -24,8 +25,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, num_classes: int, image_size: int, batch_size: int = 64,
-             precision: str = "fp32", memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module,
+    split: Split,
+    num_classes: int,
+    image_size: int,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> EvalResult:
     """Eval-mode pass over ``split`` (on the model's device) in batches of ``batch_size``."""
     was_training = model.training
     model.eval()
@@ -36,11 +44,10 @@ def evaluate(model: torch.nn.Module, split: Split, num_classes: int, image_size:
     topk = torch.zeros((), device=device, dtype=torch.long)
     per_class_correct = torch.zeros(num_classes, device=device, dtype=torch.long)
     predictions = torch.empty(len(split), device=device, dtype=torch.long)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     for start in range(0, len(split), batch_size):
-        images = preprocess(split.images[start:start + batch_size], image_size, memory_format=memory_format)
-        labels = split.labels[start:start + batch_size]
-        with autocast:
+        images = preprocess(split.images[start : start + batch_size], image_size, memory_format=memory_format)
+        labels = split.labels[start : start + batch_size]
+        with autocast_context(precision, device):
             logits = model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
@@ -49,10 +56,11 @@ def evaluate(model: torch.nn.Module, split: Split, num_classes: int, image_size:
         top1 += hits[:, 0].sum()
         topk += hits.any(dim=1).sum()
         per_class_correct.index_add_(0, labels, hits[:, 0].long())
-        predictions[start:start + batch_size] = ranked[:, 0]
+        predictions[start : start + batch_size] = ranked[:, 0]
     model.train(was_training)
     total = max(1, len(split))
     support = torch.bincount(split.labels, minlength=num_classes)
     loss, correct1, correctk = torch.stack([loss_sum, top1.double(), topk.double()]).tolist()  # one sync
-    return EvalResult(loss / total, correct1 / total, correctk / total,
-                      per_class_correct.cpu(), support.cpu(), predictions.cpu())
+    return EvalResult(
+        loss / total, correct1 / total, correctk / total, per_class_correct.cpu(), support.cpu(), predictions.cpu()
+    )

@@ -4,6 +4,7 @@ run_all.sh asks ``python -m hrsnet runs --profile P`` for the list, the training
 rebuilds each run's TrainConfig from (profile, arch, width), and the figures notebook asks
 which runs a profile expects, so missing ones can be listed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,10 +13,9 @@ from typing import Any
 
 import torch
 
+from .config import TrainConfig
 from .data import default_data_dir
-from .train import TrainConfig
-
-NETWORKS = ("hrnet_official", "hrnet", "hrsnet")
+from .models import list_models
 
 
 @dataclass(frozen=True)
@@ -25,35 +25,47 @@ class Profile:
     cost: str
     widths: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
-    networks: tuple[str, ...] = NETWORKS
+    networks: tuple[str, ...] = tuple(list_models())
 
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
-        "paper", "the released notebooks' protocol: CIFAR-100 at 224x224, SGD lr 0.005 momentum 0.9, "
-                 "batch 16, at most 25 epochs, early stopping (patience 2); 3 networks x C in {2, 18, 30}",
+        "paper",
+        "the released notebooks' protocol: CIFAR-100 at 224x224, SGD lr 0.005 momentum 0.9, "
+        "batch 16, at most 25 epochs, early stopping (patience 2); 3 networks x C in {2, 18, 30}",
         "9 runs; GPU hours (see the benchmark's --estimate paper); impractical on a CPU",
         widths=(2, 18, 30),
         settings=dict(dataset="cifar100", image_size=224, batch_size=16, epochs=25, patience=2),
     ),
     "quick": Profile(
-        "quick", "a CPU-sized version: offline digits (or CIFAR-100 if its files are present) at 32x32, "
-                 "288 training images, batch 16, at most 6 epochs, early stopping (patience 2); "
-                 "3 networks x C in {2, 8}",
+        "quick",
+        "a CPU-sized version: offline digits (or CIFAR-100 if its files are present) at 32x32, "
+        "288 training images, batch 16, at most 6 epochs, early stopping (patience 2); "
+        "3 networks x C in {2, 8}",
         "6 runs, about 7 minutes on 2 CPU cores",
         widths=(2, 8),
         # Batch 16 as in the paper: 18 steps an epoch. Fewer steps leave BatchNorm's running
         # statistics so far behind that the (eval-mode) validation loss spikes and patience 2
         # stops runs at epoch 3 before they learn (seen with 10 steps an epoch).
-        settings=dict(dataset="digits", image_size=32, batch_size=16, epochs=6, patience=2,
-                      train_subset=288, val_subset=144),
+        settings=dict(
+            dataset="digits", image_size=32, batch_size=16, epochs=6, patience=2, train_subset=288, val_subset=144
+        ),
     ),
     "smoke": Profile(
-        "smoke", "a plumbing check: digits at 32x32, 64 training images, 2 epochs; 3 networks at C=1",
+        "smoke",
+        "a plumbing check: digits at 32x32, 64 training images, 2 epochs; 3 networks at C=1",
         "3 runs, about a minute on 2 CPU cores",
         widths=(1,),
-        settings=dict(dataset="digits", image_size=32, batch_size=16, epochs=2, patience=2,
-                      train_subset=64, val_subset=32, test_subset=64),
+        settings=dict(
+            dataset="digits",
+            image_size=32,
+            batch_size=16,
+            epochs=2,
+            patience=2,
+            train_subset=64,
+            val_subset=32,
+            test_subset=64,
+        ),
     ),
 }
 PROFILE_NAMES = (*PROFILES, "auto")
@@ -75,24 +87,41 @@ def cifar100_present(data_dir: str | Path | None) -> bool:
     return all((folder / "cifar-100-python" / name).exists() for name in ("train", "test", "meta"))
 
 
-def run_config(profile: str, arch: str, width: int, results_dir: str | Path = "results",
-               data_dir: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of one run of ``profile``; ``overrides`` change single settings."""
+def run_config(
+    profile: str,
+    arch: str,
+    width: int,
+    results_dir: str | Path = "results",
+    data_dir: str | Path | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """The TrainConfig of one run of ``profile``; ``overrides`` (TrainConfig fields; None keeps the
+    profile's value) change single settings."""
     spec = PROFILES[resolve_profile(profile)[0]]
     settings = dict(spec.settings)
     if spec.name == "quick" and cifar100_present(data_dir):
         settings["dataset"] = "cifar100"
     settings.update({key: value for key, value in overrides.items() if value is not None})
-    return TrainConfig(arch=arch, width=width, results_dir=str(results_dir),
-                       data_dir=str(data_dir) if data_dir is not None else None, **settings)
+    settings.update(
+        arch=arch, width=width, results_dir=str(results_dir), data_dir=str(data_dir) if data_dir is not None else None
+    )
+    return TrainConfig.from_settings(settings)
 
 
-def profile_runs(profile: str, results_dir: str | Path = "results", data_dir: str | Path | None = None,
-                 only: str | None = None, **overrides: Any) -> list[TrainConfig]:
+def profile_runs(
+    profile: str,
+    results_dir: str | Path = "results",
+    data_dir: str | Path | None = None,
+    only: str | None = None,
+    **overrides: Any,
+) -> list[TrainConfig]:
     """Every run of ``profile`` (networks x widths), optionally only those whose run id or arch is ``only``."""
     spec = PROFILES[resolve_profile(profile)[0]]
-    runs = [run_config(spec.name, arch, width, results_dir, data_dir, **overrides)
-            for arch in spec.networks for width in spec.widths]
+    runs = [
+        run_config(spec.name, arch, width, results_dir, data_dir, **overrides)
+        for arch in spec.networks
+        for width in spec.widths
+    ]
     if only is not None:
         selected = [run for run in runs if only in (run.run_id, run.arch)]
         if not selected:

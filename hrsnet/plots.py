@@ -4,6 +4,7 @@ One function per figure; each takes the loaded runs and a caption context, retur
 matplotlib Figure, and ``make_all_figures`` writes them as PNG and PDF. Missing, partial,
 diverged and failed runs are drawn from whatever epochs they have and marked as such.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,73 +19,26 @@ import pandas as pd
 import seaborn as sns
 
 from . import rundir
+from .models import PRESETS
+from .paper import RELEASED_NOTEBOOK_RESULTS, is_paper_setting
+from .rundir import Run
 from .tables import markdown_table
 
-NETWORK_LABELS = {"hrnet_official": "original HRNet", "hrnet": "HRNet (pre-activated)", "hrsnet": "HRSNet"}
+NETWORK_LABELS = {name: preset.label for name, preset in PRESETS.items()}  # in report order
 DATASET_LABELS = {"cifar100": "CIFAR-100", "digits": "sklearn digits (not CIFAR-100)"}
-# What the authors' released notebooks printed (CIFAR-100 test top-1, paper protocol).
-RELEASED_NOTEBOOK_RESULTS = {
-    ("hrnet", 30): (0.53, "10 (early stop)"),
-    ("hrnet", 2): (0.60, "35 (25, then resumed)"),
-    ("hrsnet", 2): (0.50, "17 (early stop)"),
-    ("hrsnet", 30): (0.5541, "10 (early stop)"),
-}
 PALETTE = sns.color_palette("colorblind")
 NETWORK_COLORS = {"hrnet": PALETTE[0], "hrsnet": PALETTE[1], "hrnet_official": PALETTE[2]}
 WIDTH_STYLES = ["-", "--", ":", "-."]
 
 
-@dataclass
-class Run:
-    """One run directory, loaded."""
-
-    run_id: str
-    run_dir: Path
-    arch: str
-    width: int
-    dataset: str
-    image_size: int
-    parameters: int
-    status: rundir.RunStatus
-    history: pd.DataFrame
-    test_metrics: dict | None
-    per_class: pd.DataFrame | None
-
-    @property
-    def label(self) -> str:
-        return f"{NETWORK_LABELS.get(self.arch, self.arch)}, C={self.width}"
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history)
-
-    def examples(self) -> dict[str, np.ndarray] | None:
-        path = self.run_dir / rundir.EXAMPLES_FILE
-        if not path.exists():
-            return None
-        with np.load(path) as archive:
-            return {key: archive[key] for key in archive.files}
+def run_label(run: Run) -> str:
+    return f"{NETWORK_LABELS.get(run.arch, run.arch)}, C={run.width}"
 
 
 def load_run(run_dir: Path) -> Run | None:
-    """A run directory as a Run, or None if it has no config yet."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / rundir.CONFIG_FILE
-    if not config_path.exists():
-        return None
-    config = rundir.read_json(config_path)
-    history_path = run_dir / rundir.HISTORY_FILE
-    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame(columns=rundir.HISTORY_COLUMNS)
-    metrics_path = run_dir / rundir.TEST_METRICS_FILE
-    per_class_path = run_dir / rundir.PER_CLASS_FILE
-    return Run(
-        run_id=config["run_id"], run_dir=run_dir, arch=config["train"]["arch"], width=config["train"]["width"],
-        dataset=config["dataset"]["name"], image_size=config["train"]["image_size"],
-        parameters=config["parameters"],
-        status=rundir.read_status(run_dir) or rundir.RunStatus("failed", "no status file"),
-        history=history, test_metrics=rundir.read_json(metrics_path) if metrics_path.exists() else None,
-        per_class=pd.read_csv(per_class_path, dtype={"class_name": str}) if per_class_path.exists() else None,
-    )
+    """A run directory, read back, or None if it has no config yet."""
+    run = rundir.read_run(run_dir)
+    return run if run.config is not None else None
 
 
 @dataclass(frozen=True)
@@ -124,7 +78,9 @@ class RunCollection:
         lines = [f"{len(self.runs)} run(s) found for profile '{self.profile}'"]
         lines += [f"  missing: {missing.run_id}" for missing in self.missing]
         lines += [f"  {run.status.state}: {run.run_id} ({run.status.reason})" for run in self.partial]
-        lines += [f"  diverged: {run.run_id} ({run.status.reason})" for run in self.runs if run.status.state == "diverged"]
+        lines += [
+            f"  diverged: {run.run_id} ({run.status.reason})" for run in self.runs if run.status.state == "diverged"
+        ]
         return "\n".join(lines)
 
 
@@ -145,10 +101,18 @@ def collect_runs(results_dir: str | Path, profile: str, data_dir: str | Path | N
 
 # --- drawing helpers ------------------------------------------------------------------------
 
+
 def _style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.15)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight",
-                         "axes.titlesize": "medium", "legend.fontsize": "small"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 200,
+            "savefig.bbox": "tight",
+            "axes.titlesize": "medium",
+            "legend.fontsize": "small",
+        }
+    )
 
 
 def _finite(series: pd.Series) -> pd.Series:
@@ -161,8 +125,15 @@ def _plot_curve(ax, run: Run, column: str, color, linestyle: str = "-", label: s
         return
     values = _finite(history[column])
     suffix = "" if run.status.finished and run.status.state != "diverged" else f" ({run.status.state})"
-    ax.plot(history["epoch"], values, color=color, linestyle=linestyle, marker="o", markersize=3,
-            label=(label or run.label) + suffix)
+    ax.plot(
+        history["epoch"],
+        values,
+        color=color,
+        linestyle=linestyle,
+        marker="o",
+        markersize=3,
+        label=(label or run_label(run)) + suffix,
+    )
     if run.status.state == "diverged":
         last = values.last_valid_index()
         y = values[last] if last is not None else np.nan
@@ -193,12 +164,14 @@ def _empty_note(ax, text: str = "no runs yet") -> None:
 
 # --- the figures ------------------------------------------------------------------------------
 
+
 def plot_train_loss(collection: RunCollection, networks=("hrnet", "hrsnet")) -> plt.Figure:
     """Figure 7: training loss vs epoch, HRNet vs HRSNet, one panel per C."""
     _style()
     widths = collection.widths() or [0]
-    fig, axes = plt.subplots(1, len(widths), figsize=(max(7.0, 3.4 * len(widths)), 3.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(widths), figsize=(max(7.0, 3.4 * len(widths)), 3.4), squeeze=False, layout="constrained"
+    )
     for ax, width in zip(axes[0], widths):
         for arch in networks:
             run = collection.find(arch, width)
@@ -223,8 +196,9 @@ def plot_official_vs_preactivated(collection: RunCollection) -> plt.Figure:
 def plot_accuracy(collection: RunCollection, networks=("hrnet", "hrsnet")) -> plt.Figure:
     """Figure 6: validation accuracy per epoch, and final test top-1 per C, HRNet vs HRSNet."""
     _style()
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.4, 1]},
-                                     layout="constrained")
+    fig, (curves, bars) = plt.subplots(
+        1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.4, 1]}, layout="constrained"
+    )
     widths = collection.widths()
     for arch in networks:
         for index, width in enumerate(widths):
@@ -245,7 +219,7 @@ def plot_accuracy(collection: RunCollection, networks=("hrnet", "hrsnet")) -> pl
             run = collection.find(arch, width)
             last = (run.test_metrics or {}).get("last") if run else None
             heights.append(last["top1"] if last else np.nan)
-            paper_run = run is not None and run.dataset == "cifar100" and run.image_size == 224
+            paper_run = run is not None and is_paper_setting(run.dataset, run.image_size)
             released.append(RELEASED_NOTEBOOK_RESULTS.get((arch, width), (np.nan,))[0] if paper_run else np.nan)
         x = positions + (offset - (len(networks) - 1) / 2) * bar_width
         bars.bar(x, heights, bar_width, color=NETWORK_COLORS[arch], label=NETWORK_LABELS[arch])
@@ -253,8 +227,9 @@ def plot_accuracy(collection: RunCollection, networks=("hrnet", "hrsnet")) -> pl
             if np.isfinite(h):
                 bars.text(xi, h, f"{h:.1%}", ha="center", va="bottom", fontsize="x-small")
         if np.isfinite(released).any():
-            bars.scatter(x, released, marker="D", color="black", zorder=3,
-                         label=None if released_drawn else "released notebooks")
+            bars.scatter(
+                x, released, marker="D", color="black", zorder=3, label=None if released_drawn else "released notebooks"
+            )
             released_drawn = True
     bars.set_xticks(positions, [f"C = {w}" for w in widths])
     bars.set(ylabel="test top-1 (last-epoch model)", title="final test accuracy", ylim=(0, 1.05))
@@ -269,8 +244,14 @@ def plot_train_vs_val(collection: RunCollection) -> plt.Figure:
     present = {run.arch for run in collection.runs} | {missing.arch for missing in collection.missing}
     networks = [arch for arch in NETWORK_LABELS if arch in present] or ["hrnet"]
     widths = collection.widths() or [0]
-    fig, axes = plt.subplots(len(networks), len(widths), figsize=(max(7.0, 3.3 * len(widths)), 2.7 * len(networks) + 0.6),
-                             squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        len(networks),
+        len(widths),
+        figsize=(max(7.0, 3.3 * len(widths)), 2.7 * len(networks) + 0.6),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
     for row, arch in zip(axes, networks):
         for ax, width in zip(row, widths):
             run = collection.find(arch, width)
@@ -297,8 +278,12 @@ def class_accuracy(collection: RunCollection, arch: str) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame(columns=["class_index", "class_name", "accuracy"])
     stacked = pd.concat(tables)
-    return (stacked.groupby(["class_index", "class_name"], as_index=False)["accuracy"].mean()
-            .sort_values(["accuracy", "class_index"], ascending=[False, True]).reset_index(drop=True))
+    return (
+        stacked.groupby(["class_index", "class_name"], as_index=False)["accuracy"]
+        .mean()
+        .sort_values(["accuracy", "class_index"], ascending=[False, True])
+        .reset_index(drop=True)
+    )
 
 
 def plot_best_worst_classes(collection: RunCollection, arch: str, k: int = 5) -> plt.Figure:
@@ -325,8 +310,12 @@ def plot_best_worst_classes(collection: RunCollection, arch: str, k: int = 5) ->
     widths = sorted({run.width for run in collection.runs if run.arch == arch and run.per_class is not None})
     if accuracy.empty:
         _empty_note(axes[0][0], "no test results")
-    _title(fig, f"{NETWORK_LABELS.get(arch, arch)}: highest and lowest test accuracy per class, "
-                f"mean over C in {widths} (Figures 8, 9)", collection)
+    _title(
+        fig,
+        f"{NETWORK_LABELS.get(arch, arch)}: highest and lowest test accuracy per class, "
+        f"mean over C in {widths} (Figures 8, 9)",
+        collection,
+    )
     return fig
 
 
@@ -336,23 +325,41 @@ def results_table(collection: RunCollection) -> pd.DataFrame:
     for run in collection.runs:
         metrics = run.test_metrics or {}
         last, best = metrics.get("last") or {}, metrics.get("best") or {}
-        finite_val = run.history["val_loss"][np.isfinite(run.history["val_loss"].astype(float))] \
-            if not run.history.empty else pd.Series(dtype=float)
-        paper_run = run.dataset == "cifar100" and run.image_size == 224
+        finite_val = (
+            run.history["val_loss"][np.isfinite(run.history["val_loss"].astype(float))]
+            if not run.history.empty
+            else pd.Series(dtype=float)
+        )
+        paper_run = is_paper_setting(run.dataset, run.image_size)
         released = RELEASED_NOTEBOOK_RESULTS.get((run.arch, run.width)) if paper_run else None
-        rows.append({
-            "network": run.arch, "C": run.width, "dataset": run.dataset, "parameters (M)": round(run.parameters / 1e6, 2),
-            "epochs run": run.epochs_run, "status": run.status.state, "stop reason": run.status.reason,
-            "best val loss": float(finite_val.min()) if len(finite_val) else np.nan,
-            "best epoch": best.get("epoch", np.nan),
-            "test top-1 (last)": last.get("top1", np.nan), "test top-5 (last)": last.get("top5", np.nan),
-            "test top-1 (best)": best.get("top1", np.nan), "test top-5 (best)": best.get("top5", np.nan),
-            "released top-1": released[0] if released else np.nan,
-            "released epochs": released[1] if released else "",
-        })
+        rows.append(
+            {
+                "network": run.arch,
+                "C": run.width,
+                "dataset": run.dataset,
+                "parameters (M)": round(run.parameters / 1e6, 2),
+                "epochs run": run.epochs_run,
+                "status": run.status.state,
+                "stop reason": run.status.reason,
+                "best val loss": float(finite_val.min()) if len(finite_val) else np.nan,
+                "best epoch": best.get("epoch", np.nan),
+                "test top-1 (last)": last.get("top1", np.nan),
+                "test top-5 (last)": last.get("top5", np.nan),
+                "test top-1 (best)": best.get("top1", np.nan),
+                "test top-5 (best)": best.get("top5", np.nan),
+                "released top-1": released[0] if released else np.nan,
+                "released epochs": released[1] if released else "",
+            }
+        )
     for missing in collection.missing:
-        rows.append({"network": missing.arch, "C": missing.width, "status": "missing",
-                     "stop reason": f"no run directory {missing.run_id}"})
+        rows.append(
+            {
+                "network": missing.arch,
+                "C": missing.width,
+                "status": "missing",
+                "stop reason": f"no run directory {missing.run_id}",
+            }
+        )
     table = pd.DataFrame(rows)
     if not table.empty:
         order = {arch: index for index, arch in enumerate(NETWORK_LABELS)}
@@ -366,6 +373,15 @@ class FigureReport:
     table: pd.DataFrame
     collection: RunCollection
 
+    @property
+    def markdown(self) -> str:
+        return results_markdown(self.table, self.collection)
+
+
+def results_markdown(table: pd.DataFrame, collection: RunCollection) -> str:
+    """The results table as Markdown, under a line naming the dataset and profile."""
+    return f"Results, {collection.caption}\n\n{markdown_table(table)}"
+
 
 def save_figure(fig: plt.Figure, path_without_suffix: Path) -> Path:
     path_without_suffix.parent.mkdir(parents=True, exist_ok=True)
@@ -376,8 +392,9 @@ def save_figure(fig: plt.Figure, path_without_suffix: Path) -> Path:
     return png
 
 
-def make_all_figures(results_dir: str | Path, figures_dir: str | Path, profile: str,
-                     data_dir: str | Path | None = None, k: int = 5) -> FigureReport:
+def make_all_figures(
+    results_dir: str | Path, figures_dir: str | Path, profile: str, data_dir: str | Path | None = None, k: int = 5
+) -> FigureReport:
     """Every figure and the results table of ``profile`` into ``figures_dir/<profile>/``."""
     collection = collect_runs(results_dir, profile, data_dir)
     out = Path(figures_dir) / collection.profile
@@ -388,15 +405,24 @@ def make_all_figures(results_dir: str | Path, figures_dir: str | Path, profile: 
         save_figure(plot_train_vs_val(collection), out / "train_vs_val_loss"),
     ]
     for arch in NETWORK_LABELS:
-        figures.append(save_figure(plot_best_worst_classes(collection, arch, k), out / f"fig8_9_best_worst_classes_{arch}"))
+        figures.append(
+            save_figure(plot_best_worst_classes(collection, arch, k), out / f"fig8_9_best_worst_classes_{arch}")
+        )
     table = results_table(collection)
     rundir.atomic_write(out / "results_table.csv", lambda stream: table.to_csv(stream, index=False))
-    markdown = f"Results, {collection.caption}\n\n{markdown_table(table)}\n"
-    rundir.atomic_write(out / "results_table.md", lambda stream: stream.write(markdown))
-    rundir.write_json(out / "figures.json", {"profile": collection.profile, "caption": collection.caption,
-                                             "figures": [p.name for p in figures],
-                                             "missing": [m.run_id for m in collection.missing],
-                                             "partial": [r.run_id for r in collection.partial]})
+    rundir.atomic_write(
+        out / "results_table.md", lambda stream: stream.write(results_markdown(table, collection) + "\n")
+    )
+    rundir.write_json(
+        out / "figures.json",
+        {
+            "profile": collection.profile,
+            "caption": collection.caption,
+            "figures": [p.name for p in figures],
+            "missing": [m.run_id for m in collection.missing],
+            "partial": [r.run_id for r in collection.partial],
+        },
+    )
     return FigureReport(figures, table, collection)
 
 
@@ -417,5 +443,7 @@ def plot_run_curves(run_dir: str | Path) -> plt.Figure:
     acc.set(xlabel="epoch", ylabel="top-1", ylim=(0, 1))
     _legend(loss)
     _legend(acc)
-    fig.suptitle(f"{run.label}: {run.status.state} ({DATASET_LABELS.get(run.dataset, run.dataset)}, {run.image_size}px)")
+    fig.suptitle(
+        f"{run_label(run)}: {run.status.state} ({DATASET_LABELS.get(run.dataset, run.dataset)}, {run.image_size}px)"
+    )
     return fig

@@ -1,4 +1,5 @@
 """The HTML report: executed notebooks merged into one page, code hidden (nbconvert)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,9 @@ from pathlib import Path
 from . import rundir
 
 
-def render_report(notebooks: list[str | Path], output: str | Path, title: str = "HRNet and HRSNet: reproduction report") -> Path:
+def render_report(
+    notebooks: list[str | Path], output: str | Path, title: str = "HRNet and HRSNet: reproduction report"
+) -> Path:
     """Concatenate the executed ``notebooks`` (in order) and write them as one HTML page without code."""
     import nbformat
     from nbconvert import HTMLExporter

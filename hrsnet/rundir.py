@@ -17,6 +17,7 @@
   second line the reason.
 - ``last.pt`` and ``best_epochNNN.pt``: checkpoints (git-ignored).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,12 +25,24 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                   "epoch_seconds", "images_per_second"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+]
 PER_CLASS_COLUMNS = ["class_index", "class_name", "support", "correct", "accuracy"]
 STATES = ("running", "complete", "early-stopped", "diverged", "failed")
 FINISHED_STATES = ("complete", "early-stopped", "diverged")
@@ -93,6 +106,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
     atomic_write(path, write)
 
 
@@ -106,10 +120,10 @@ class RunStatus:
         return self.state in FINISHED_STATES
 
 
-def write_status(run_dir: Path, state: str, reason: str = "") -> None:
-    if state not in STATES:
-        raise ValueError(f"status must be one of {', '.join(STATES)}; got {state!r}")
-    atomic_write(Path(run_dir) / STATUS_FILE, lambda stream: stream.write(f"{state}\n{reason}\n"))
+def write_status(run_dir: Path, status: RunStatus) -> None:
+    if status.state not in STATES:
+        raise ValueError(f"status must be one of {', '.join(STATES)}; got {status.state!r}")
+    atomic_write(Path(run_dir) / STATUS_FILE, lambda stream: stream.write(f"{status.state}\n{status.reason}\n"))
 
 
 def read_status(run_dir: Path) -> RunStatus | None:
@@ -119,3 +133,85 @@ def read_status(run_dir: Path) -> RunStatus | None:
         return None
     lines = path.read_text().splitlines() + ["", ""]
     return RunStatus(lines[0].strip(), lines[1].strip())
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """history.csv as a DataFrame (empty, with the schema's columns, before the first epoch)."""
+    import pandas as pd
+
+    path = Path(run_dir) / HISTORY_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=HISTORY_COLUMNS)
+
+
+@dataclass
+class Run:
+    """One run directory, read back: the only reader of its files (fit(), the figures, the statistics)."""
+
+    run_dir: Path
+    config: dict[str, Any] | None  # None until the run has written config.json
+    status: RunStatus
+    history: pd.DataFrame
+    test_metrics: dict[str, Any] | None
+    per_class: pd.DataFrame | None
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def _train(self, key: str) -> Any:
+        return (self.config or {}).get("train", {}).get(key)
+
+    @property
+    def arch(self) -> str:
+        return self._train("arch")
+
+    @property
+    def width(self) -> int:
+        return self._train("width")
+
+    @property
+    def seed(self) -> int:
+        return self._train("seed") or 0
+
+    @property
+    def image_size(self) -> int:
+        return self._train("image_size")
+
+    @property
+    def dataset(self) -> str:
+        return (self.config or {}).get("dataset", {}).get("name") or self._train("dataset")
+
+    @property
+    def parameters(self) -> int | None:
+        return (self.config or {}).get("parameters")
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    def examples(self) -> dict[str, Any] | None:
+        """class_examples.npz: a few test images per class, their labels and the last model's predictions."""
+        import numpy as np
+
+        path = self.run_dir / EXAMPLES_FILE
+        if not path.exists():
+            return None
+        with np.load(path) as archive:
+            return {key: archive[key] for key in archive.files}
+
+
+def read_run(run_dir: Path) -> Run:
+    """Every file of a run directory that exists; a run without a status file counts as failed."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / TEST_METRICS_FILE
+    per_class_path = run_dir / PER_CLASS_FILE
+    return Run(
+        run_dir=run_dir,
+        config=read_json(config_path) if config_path.exists() else None,
+        status=read_status(run_dir) or RunStatus("failed", "no status file"),
+        history=read_history(run_dir),
+        test_metrics=read_json(metrics_path) if metrics_path.exists() else None,
+        per_class=pd.read_csv(per_class_path, dtype={"class_name": str}) if per_class_path.exists() else None,
+    )

@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny CIFAR-100-format directory, tiny training configs."""
+
 from __future__ import annotations
 
 import pytest
+from cifar_fixture import write_cifar100_fixture
 from torchvision.datasets import CIFAR100
 
-from hrsnet.data import write_cifar100_fixture
 from hrsnet.train import TrainConfig
 
 
@@ -28,8 +29,19 @@ def cifar_checksums(cifar_fixture_dir, monkeypatch):
 
 def tiny_config(results_dir, **overrides) -> TrainConfig:
     """A run that takes seconds on 2 CPU cores: digits, 32x32, width 2, small subsets."""
-    settings = dict(arch="hrnet", width=2, dataset="digits", image_size=32, epochs=2, batch_size=16,
-                    train_subset=96, val_subset=48, test_subset=64, device="cpu", quiet=True,
-                    results_dir=str(results_dir))
+    settings = dict(
+        arch="hrnet",
+        width=2,
+        dataset="digits",
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        train_subset=96,
+        val_subset=48,
+        test_subset=64,
+        device="cpu",
+        quiet=True,
+        results_dir=str(results_dir),
+    )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -1,4 +1,5 @@
 """Run directories written by hand in the documented schema (hrsnet.rundir), for figure tests."""
+
 from __future__ import annotations
 
 import math
@@ -9,36 +10,74 @@ from hrsnet import rundir
 from hrsnet.train import TrainConfig
 
 
-def write_fixture_run(config: TrainConfig, state: str, epochs: int, num_classes: int = 10,
-                      diverge_at: int | None = None, with_test: bool = True) -> None:
+def write_fixture_run(
+    config: TrainConfig,
+    state: str,
+    epochs: int,
+    num_classes: int = 10,
+    diverge_at: int | None = None,
+    with_test: bool = True,
+) -> None:
     """A run directory as fit() would leave it: complete, early-stopped, diverged, or partial."""
     run_dir = config.run_dir()
-    rundir.write_json(run_dir / rundir.CONFIG_FILE, {
-        "run_id": config.run_id, "train": {"arch": config.arch, "width": config.width, "image_size": config.image_size},
-        "model": {}, "parameters": 10_000_000 + 1000 * config.width,
-        "dataset": {"name": config.dataset, "num_classes": num_classes}})
+    rundir.write_json(
+        run_dir / rundir.CONFIG_FILE,
+        {
+            "run_id": config.run_id,
+            "train": {"arch": config.arch, "width": config.width, "image_size": config.image_size},
+            "model": {},
+            "parameters": 10_000_000 + 1000 * config.width,
+            "dataset": {"name": config.dataset, "num_classes": num_classes},
+        },
+    )
     rng = np.random.default_rng(config.width)
     rows = []
     for epoch in range(1, epochs + 1):
         diverged = diverge_at is not None and epoch >= diverge_at
-        rows.append({"epoch": epoch, "train_loss": math.nan if diverged else 2.3 / epoch + rng.uniform(0, 0.05),
-                     "train_acc": 0.1 * epoch, "val_loss": math.nan if diverged else 2.0 / epoch + 0.3,
-                     "val_acc": 0.08 * epoch, "lr": 0.005, "epoch_seconds": 1.0, "images_per_second": 100.0})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": math.nan if diverged else 2.3 / epoch + rng.uniform(0, 0.05),
+                "train_acc": 0.1 * epoch,
+                "val_loss": math.nan if diverged else 2.0 / epoch + 0.3,
+                "val_acc": 0.08 * epoch,
+                "lr": 0.005,
+                "epoch_seconds": 1.0,
+                "images_per_second": 100.0,
+            }
+        )
     rundir.write_csv(run_dir / rundir.HISTORY_FILE, rows, rundir.HISTORY_COLUMNS)
-    reasons = {"complete": f"reached the epoch limit ({epochs})", "running": f"epoch {epochs} of at most 25 done",
-               "diverged": f"non-finite training loss (mean nan) at epoch {diverge_at}",
-               "early-stopped": "validation loss did not improve for 2 epochs"}
-    rundir.write_status(run_dir, state, reasons.get(state, ""))
+    reasons = {
+        "complete": f"reached the epoch limit ({epochs})",
+        "running": f"epoch {epochs} of at most 25 done",
+        "diverged": f"non-finite training loss (mean nan) at epoch {diverge_at}",
+        "early-stopped": "validation loss did not improve for 2 epochs",
+    }
+    rundir.write_status(run_dir, rundir.RunStatus(state, reasons.get(state, "")))
     if not with_test:
         return
     last = None if state == "diverged" else {"top1": 0.5, "top5": 0.9, "loss": 1.5, "epoch": epochs}
     best = {"top1": 0.55, "top5": 0.91, "loss": 1.4, "epoch": max(1, epochs - 1)}
     rundir.write_json(run_dir / rundir.TEST_METRICS_FILE, {"last": last, "best": best})
     accuracy = rng.uniform(0, 1, num_classes)
-    rundir.write_csv(run_dir / rundir.PER_CLASS_FILE,
-                     [{"class_index": i, "class_name": str(i), "support": 10, "correct": int(10 * a),
-                       "accuracy": int(10 * a) / 10} for i, a in enumerate(accuracy)], rundir.PER_CLASS_COLUMNS)
+    rundir.write_csv(
+        run_dir / rundir.PER_CLASS_FILE,
+        [
+            {
+                "class_index": i,
+                "class_name": str(i),
+                "support": 10,
+                "correct": int(10 * a),
+                "accuracy": int(10 * a) / 10,
+            }
+            for i, a in enumerate(accuracy)
+        ],
+        rundir.PER_CLASS_COLUMNS,
+    )
     labels = np.repeat(np.arange(num_classes), 2)
     images = rng.integers(0, 255, (len(labels), 8, 8, 3), dtype=np.uint8)
-    rundir.atomic_write(run_dir / rundir.EXAMPLES_FILE,
-                        lambda s: np.savez_compressed(s, images=images, labels=labels, predictions=labels), binary=True)
+    rundir.atomic_write(
+        run_dir / rundir.EXAMPLES_FILE,
+        lambda s: np.savez_compressed(s, images=images, labels=labels, predictions=labels),
+        binary=True,
+    )

@@ -1,7 +1,9 @@
 """Datasets, splits and the device-side preprocessing."""
+
 import numpy as np
 import pytest
 import torch
+from cifar_fixture import write_cifar100_fixture
 from PIL import Image
 from torchvision import transforms
 
@@ -37,7 +39,9 @@ def test_cifar100_checksum_check_is_kept(cifar_fixture_dir):
 def test_missing_cifar100_offline_is_one_clear_line(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         import urllib.error
+
         raise urllib.error.URLError("[Errno -2] Name or service not known")
+
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", no_network)
     with pytest.raises(DataNotFoundError) as error:
         load_dataset("cifar100", tmp_path / "nothing-here")
@@ -82,8 +86,9 @@ def test_preprocess_matches_torchvision_pipeline(cifar_checksums, size):
     is the whole difference: max <= 2/255 (one 8-bit level after std-0.5 normalisation).
     """
     images = load_dataset("cifar100", cifar_checksums).test.images[:16]
-    reference_pipeline = transforms.Compose([
-        transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    reference_pipeline = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)]
+    )
     expected = torch.stack([reference_pipeline(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
     actual = preprocess(images, size)
     assert actual.dtype == torch.float32 and actual.shape == (16, 3, size, size)
@@ -94,8 +99,9 @@ def test_preprocess_matches_torchvision_pipeline(cifar_checksums, size):
 
 def test_preprocess_upscales_digits_like_torchvision():
     images = load_dataset("digits").test.images[:8]
-    pipeline = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
-                                   transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    pipeline = transforms.Compose(
+        [transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)]
+    )
     expected = torch.stack([pipeline(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
     assert (preprocess(images, 32) - expected).abs().max().item() <= ONE_UINT8_STEP
 
@@ -112,7 +118,7 @@ def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_image():
     out = random_crop_flip(images, torch.Generator().manual_seed(0), padding=4)
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     for original, augmented in zip(padded, out):
-        crops = [original[:, r:r + 8, c:c + 8] for r in range(9) for c in range(9)]
+        crops = [original[:, r : r + 8, c : c + 8] for r in range(9) for c in range(9)]
         assert any(torch.equal(augmented, crop) or torch.equal(augmented, crop.flip(-1)) for crop in crops)
     again = random_crop_flip(images, torch.Generator().manual_seed(0), padding=4)
     assert torch.equal(out, again)  # the generator alone decides: resumable
@@ -126,7 +132,8 @@ def test_augment_needs_a_generator():
 
 def test_fixture_writer_uses_real_format(tmp_path):
     import pickle
-    data.write_cifar100_fixture(tmp_path, train_per_class=1, test_per_class=1)
+
+    write_cifar100_fixture(tmp_path, train_per_class=1, test_per_class=1)
     with open(tmp_path / "cifar-100-python" / "train", "rb") as handle:
         train = pickle.load(handle, encoding="latin1")
     assert set(train) >= {"data", "fine_labels", "coarse_labels", "filenames"}

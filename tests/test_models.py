@@ -1,4 +1,5 @@
 """The three networks: construction, structure, the timm peer check, inputs, errors, summary."""
+
 import dataclasses
 
 import pytest
@@ -6,10 +7,11 @@ import torch
 import torch.nn as nn
 
 from hrsnet import create_model, list_models
-from hrsnet.models import HRNetConfig, config_differences, summary
+from hrsnet.models import PRESETS, HRNetConfig, config_differences, model_config, summary
 from hrsnet.models.blocks import BasicBlock, Bottleneck, PreActBlock
+from hrsnet.paper import RELEASED_PARAMETERS_C2
 
-NAMES = ["hrnet", "hrnet_official", "hrsnet"]
+NAMES = ["hrnet_official", "hrnet", "hrsnet"]  # report order: each preset after its base
 
 
 def test_list_models():
@@ -32,8 +34,11 @@ def _randomize(model: nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.is_floating_point():
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.2 + 0.9
-                             if tensor.dim() == 1 else torch.randn(tensor.shape, generator=generator) * 0.05)
+                tensor.copy_(
+                    torch.rand(tensor.shape, generator=generator) * 0.2 + 0.9
+                    if tensor.dim() == 1
+                    else torch.randn(tensor.shape, generator=generator) * 0.05
+                )
 
 
 def test_official_matches_timm_hrnet_w18():
@@ -55,6 +60,7 @@ def test_official_matches_timm_hrnet_w18():
 def test_official_flops_match_timm():
     timm = pytest.importorskip("timm")
     from hrsnet.models import count_forward_flops
+
     reference = timm.create_model("hrnet_w18", pretrained=False, num_classes=100)
     ours = summary("hrnet_official", width=18, image_size=64, num_classes=100)
     assert ours.forward_flops == count_forward_flops(reference, 64)
@@ -107,6 +113,7 @@ def test_train_step_backward_works():
 
 # --- the differences between the presets are real structure, not labels -------------------
 
+
 def test_units_and_overrides():
     assert isinstance(create_model("hrnet_official", width=2).stage2[0].branches[0][0], BasicBlock)
     assert isinstance(create_model("hrnet", width=2).stage2[0].branches[0][0], PreActBlock)
@@ -132,8 +139,7 @@ def test_new_branch_from_fusion_vs_last_branch():
 
 
 def _chain_convs(chain):
-    return [(step[0].in_channels, step[0].out_channels, any(isinstance(m, nn.ReLU) for m in step))
-            for step in chain]
+    return [(step[0].in_channels, step[0].out_channels, any(isinstance(m, nn.ReLU) for m in step)) for step in chain]
 
 
 def test_fusion_chain_widths_and_relus():
@@ -148,8 +154,28 @@ def test_conv_bias():
     official, report = create_model("hrnet_official", width=2), create_model("hrnet", width=2)
     assert official.conv1.bias is None and report.conv1.bias is not None
     assert report.stage2[0].fuse_layers[0][1][0].bias is not None
-    assert report.stage2[0].branches[0][0].conv1.bias is None  # pre-act units stay bias-free
+    unit = report.stage2[0].branches[0][0]
+    assert unit.conv1.bias is not None and unit.conv2.bias is not None  # as in the released notebooks
+    assert official.stage2[0].branches[0][0].conv1.bias is None
     assert official.final_layer[0].bias is not None  # as in the official head
+
+
+@pytest.mark.parametrize("name", ["hrnet", "hrsnet"])
+def test_parameter_counts_equal_the_released_notebooks(name):
+    """Counted from the authors' code at C=2, 100 classes; a missing unit bias is 608 x C short."""
+    with torch.device("meta"):
+        model = create_model(name, width=2, num_classes=100)
+    assert sum(p.numel() for p in model.parameters()) == RELEASED_PARAMETERS_C2[name]
+
+
+def test_presets_are_written_as_changes_from_their_base():
+    assert PRESETS["hrnet_official"].base is None and PRESETS["hrnet_official"].changes == {}
+    assert PRESETS["hrsnet"].base == "hrnet"
+    assert set(PRESETS["hrsnet"].changes) == {"modules_per_stage", "stage_skip"}
+    differing = {
+        f for f, value in model_config("hrsnet").to_dict().items() if value != getattr(model_config("hrnet"), f)
+    }
+    assert differing == {"modules_per_stage", "stage_skip"}
 
 
 def test_preact_unit_order():
@@ -195,29 +221,36 @@ def test_config_differences_table():
 
 # --- errors: raised at construction (or first forward), naming the argument ---------------
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(name="resnet50"), "valid names: hrnet, hrnet_official, hrsnet"),
-    (dict(name="hrnet", width=0), "width must be an integer >= 1"),
-    (dict(name="hrnet", width=2.5), "width must be an integer >= 1"),
-    (dict(name="hrnet", width=True), "width must be an integer >= 1"),
-    (dict(name="hrnet", num_classes=0), "num_classes must be an integer >= 1"),
-    (dict(name="hrnet", unit="dense"), "unit must be one of 'basic', 'preact'"),
-    (dict(name="hrnet", modules_per_stage=(1, 4)), "modules_per_stage must be three integers"),
-    (dict(name="hrnet", stage_skip=True), "stage_skip needs at least 2 modules"),
-    (dict(name="hrnet", dropout=0.1), "unknown model option"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="resnet50"), "valid names: hrnet_official, hrnet, hrsnet"),
+        (dict(name="hrnet", width=0), "width must be an integer >= 1"),
+        (dict(name="hrnet", width=2.5), "width must be an integer >= 1"),
+        (dict(name="hrnet", width=True), "width must be an integer >= 1"),
+        (dict(name="hrnet", num_classes=0), "num_classes must be an integer >= 1"),
+        (dict(name="hrnet", unit="dense"), "unit must be one of 'basic', 'preact'"),
+        (dict(name="hrnet", modules_per_stage=(1, 4)), "modules_per_stage must be three integers"),
+        (dict(name="hrnet", stage_skip=True), "stage_skip needs at least 2 modules"),
+        (dict(name="hrnet", dropout=0.1), "unknown model option"),
+    ],
+)
 def test_construction_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model(**kwargs)
 
 
-@pytest.mark.parametrize("x, match", [
-    (torch.randn(1, 3, 31, 64), "height and width must be >= 32, got 31x64"),
-    (torch.randn(3, 64, 64), "4-D float tensor"),
-    (torch.randn(1, 1, 64, 64), "3 channels"),
-    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float tensor"),
-    ([1, 2, 3], "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(1, 3, 31, 64), "height and width must be >= 32, got 31x64"),
+        (torch.randn(3, 64, 64), "4-D float tensor"),
+        (torch.randn(1, 1, 64, 64), "3 channels"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float tensor"),
+        ([1, 2, 3], "torch.Tensor"),
+    ],
+)
 def test_input_errors(x, match):
     model = create_model("hrnet", width=1)
     with pytest.raises(ValueError, match=match):

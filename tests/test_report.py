@@ -1,4 +1,5 @@
 """Profiles, figures, notebooks and run_all.sh: the report end to end."""
+
 import json
 import os
 import subprocess
@@ -9,22 +10,29 @@ import nbformat
 import pandas as pd
 import pytest
 import torch
+from fixture_runs import write_fixture_run
 
 from hrsnet import experiments, plots
 from hrsnet.__main__ import main
-from fixture_runs import write_fixture_run
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURE_STEMS = ["fig6_accuracy", "fig7_train_loss", "official_vs_preactivated_loss", "train_vs_val_loss",
-                "fig8_9_best_worst_classes_hrnet_official", "fig8_9_best_worst_classes_hrnet",
-                "fig8_9_best_worst_classes_hrsnet"]
+FIGURE_STEMS = [
+    "fig6_accuracy",
+    "fig7_train_loss",
+    "official_vs_preactivated_loss",
+    "train_vs_val_loss",
+    "fig8_9_best_worst_classes_hrnet_official",
+    "fig8_9_best_worst_classes_hrnet",
+    "fig8_9_best_worst_classes_hrsnet",
+]
 
 
 def test_paper_profile_is_the_released_protocol():
     runs = experiments.profile_runs("paper")
     assert len(runs) == 9 and len({run.run_id for run in runs}) == 9
     assert {(run.arch, run.width) for run in runs} == {
-        (arch, width) for arch in ("hrnet_official", "hrnet", "hrsnet") for width in (2, 18, 30)}
+        (arch, width) for arch in ("hrnet_official", "hrnet", "hrsnet") for width in (2, 18, 30)
+    }
     for run in runs:
         assert (run.dataset, run.image_size, run.batch_size, run.epochs, run.patience) == ("cifar100", 224, 16, 25, 2)
         assert (run.optimizer, run.lr, run.momentum) == ("sgd", 0.005, 0.9)
@@ -127,6 +135,7 @@ def test_released_numbers_only_beside_paper_runs(tmp_path):
 
 # --- notebooks ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["00_architecture", "01_train", "02_figures"])
 def test_notebooks_are_thin_and_parameterized(name):
     notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -137,17 +146,44 @@ def test_notebooks_are_thin_and_parameterized(name):
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
 
 
+def test_training_notebook_passes_settings_through_trainconfig(tmp_path):
+    """The training notebook's parameters are run_config's arguments plus ``settings``, which
+    TrainConfig checks by name: a setting is not restated in the notebook."""
+    import ast
+    import inspect
+
+    notebook = nbformat.read(REPO / "notebooks" / "01_train.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    names = {target.id for node in ast.parse(cell.source).body for target in node.targets}
+    run_config_arguments = set(inspect.signature(experiments.run_config).parameters)
+    assert names == (run_config_arguments - {"overrides"}) | {"force", "quiet", "settings"}
+    config = experiments.run_config("smoke", "hrnet", 1, tmp_path, epochs=3, seed=2)
+    assert (config.epochs, config.seed) == (3, 2)
+    with pytest.raises(ValueError, match="unknown setting"):
+        experiments.run_config("smoke", "hrnet", 1, tmp_path, epoch=3)
+
+
 def _execute(notebook, output, parameters):
     import papermill
-    return papermill.execute_notebook(str(REPO / "notebooks" / notebook), str(output), parameters=parameters,
-                                      kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
+
+    return papermill.execute_notebook(
+        str(REPO / "notebooks" / notebook),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+    )
 
 
 @pytest.mark.slow
 def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path):
     results, runs = fixture_results
-    executed = _execute("02_figures.ipynb", tmp_path / "02.ipynb",
-                        dict(profile="smoke", results_dir=str(results), figures_dir=str(tmp_path / "figures")))
+    executed = _execute(
+        "02_figures.ipynb",
+        tmp_path / "02.ipynb",
+        dict(profile="smoke", results_dir=str(results), figures_dir=str(tmp_path / "figures")),
+    )
     text = json.dumps(executed["cells"])
     assert f"running: {runs['partial'].run_id}" in text and f"diverged: {runs['diverged'].run_id}" in text
     assert all((tmp_path / "figures" / "smoke" / f"{stem}.png").stat().st_size > 0 for stem in FIGURE_STEMS)
@@ -155,10 +191,12 @@ def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path):
 
 # --- run_all.sh ---------------------------------------------------------------------------------
 
+
 def _run_all(*args, timeout=600):
     env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run([str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=REPO)
+    return subprocess.run(
+        [str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 def test_run_all_help():
@@ -166,14 +204,20 @@ def test_run_all_help():
     assert result.returncode == 0 and "--profile" in result.stdout and "smoke" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--profile", "fast"), "profile must be one of paper, quick, smoke, auto; got 'fast'"),
-    (("--bogus",), "unknown option --bogus"),
-    (("--profile",), "--profile needs a value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--profile", "fast"), "profile must be one of paper, quick, smoke, auto; got 'fast'"),
+        (("--bogus",), "unknown option --bogus"),
+        (("--profile",), "--profile needs a value"),
+    ],
+)
 def test_run_all_bad_arguments(args, message, tmp_path):
-    result = _run_all(*args, "--results-dir", str(tmp_path / "r"), timeout=120) if args != ("--profile",) \
+    result = (
+        _run_all(*args, "--results-dir", str(tmp_path / "r"), timeout=120)
+        if args != ("--profile",)
         else _run_all(*args, timeout=30)
+    )
     assert result.returncode != 0 and message in result.stderr
 
 

@@ -1,4 +1,5 @@
 """The training engine: protocol defaults, run directory, early stopping, divergence, resume."""
+
 import csv
 import json
 import os
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 import hrsnet.train as train_module
 from hrsnet import rundir
 from hrsnet.__main__ import main
-from hrsnet.train import CheckpointError, EarlyStopping, TrainConfig, fit, load_result
-from conftest import tiny_config
+from hrsnet.data import load_dataset
+from hrsnet.train import CheckpointError, EarlyStopping, TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,25 +36,36 @@ def test_defaults_follow_the_released_notebooks():
 
 
 def test_adam_is_the_reports_text():
-    config = TrainConfig(optimizer="adam")
-    optimizer = train_module.make_optimizer(config, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+    config = TrainConfig(optimizer="adam", device="cpu", dataset="digits")
+    trainer = train_module.Trainer(config, load_dataset("digits", train_subset=16), torch.device("cpu"))
+    optimizer = trainer.optimizer
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["lr"] == 0.005 and optimizer.param_groups[0]["betas"][0] == 0.9
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(arch="resnet"), "arch must be one of hrnet, hrnet_official, hrsnet"),
-    (dict(optimizer="rmsprop"), "optimizer must be one of sgd, adam"),
-    (dict(width=0), "width must be an integer >= 1"),
-    (dict(epochs=0), "epochs must be an integer >= 1"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1"),
-    (dict(patience=-1), "patience must be an integer >= 0"),
-    (dict(dataset="imagenet"), "dataset must be one of cifar100, digits"),
-    (dict(image_size=16), "image_size must be an integer >= 32"),
-    (dict(lr=0), "lr must be a number > 0"),
-    (dict(device="tpu:x"), "device must be"),
-    (dict(model_options=(("unit", "dense"),)), "model_options: unit must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(arch="resnet"), "arch must be one of hrnet_official, hrnet, hrsnet"),
+        (dict(optimizer="rmsprop"), "optimizer must be one of sgd, adam"),
+        (dict(width=0), "width must be an integer >= 1"),
+        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(patience=-1), "patience must be an integer >= 0"),
+        (dict(dataset="imagenet"), "dataset must be one of cifar100, digits"),
+        (dict(image_size=16), "image_size must be an integer >= 32"),
+        (dict(lr=0), "lr must be a finite number > 0; got 0"),
+        (dict(lr=float("inf")), "lr must be a finite number > 0; got inf"),
+        (dict(momentum=1.0), "momentum must be a finite number >= 0 and < 1"),
+        (dict(val_fraction=1), "val_fraction must be a finite number > 0 and < 1"),
+        (dict(train_subset=0), "train_subset must be an integer or None >= 1"),
+        (dict(augment="yes"), "augment must be True or False"),
+        (dict(device="tpu:x"), "device must be auto, cpu, cuda or cuda:N; got 'tpu:x'"),
+        (dict(device="mps"), "device must be auto, cpu, cuda or cuda:N; got 'mps'"),
+        (dict(device="meta"), "device must be auto, cpu, cuda or cuda:N; got 'meta'"),
+        (dict(model_options=(("unit", "dense"),)), "model_options: unit must be one of"),
+    ],
+)
 def test_config_validation_fails_before_any_data(overrides, match, monkeypatch):
     monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=match):
@@ -70,6 +83,103 @@ def test_run_id_ignores_operational_settings(tmp_path):
     b = tiny_config(tmp_path / "elsewhere", device="auto", quiet=False, channels_last="on")
     assert a.run_id == b.run_id and a.run_id.startswith("hrnet_c2_digits32_")
     assert tiny_config(tmp_path, seed=1).run_id != a.run_id
+
+
+def test_a_new_setting_with_a_default_moves_no_run_id(tmp_path):
+    """Only settings that differ from their defaults enter the hash: adding one keeps every id."""
+    import dataclasses
+
+    from hrsnet.config import setting
+
+    @dataclasses.dataclass(frozen=True)
+    class WithNewSetting(TrainConfig):
+        label_smoothing: float = setting(0.0, "a setting added later", "optimisation", minimum=0)
+
+    for overrides in ({}, dict(arch="hrsnet", width=8, seed=3), dict(dataset="digits", lr=0.01, epochs=6)):
+        assert WithNewSetting(**overrides).run_id == TrainConfig(**overrides).run_id
+    assert WithNewSetting(label_smoothing=0.1).run_id != TrainConfig().run_id
+
+
+def test_run_id_depends_on_what_is_computed():
+    base = TrainConfig()
+    assert TrainConfig(lr=0.005).run_id == base.run_id and TrainConfig(lr=0.01).run_id != base.run_id
+    assert TrainConfig(momentum=1 - 0.1).identity() == TrainConfig(momentum=0.9).identity()
+    assert TrainConfig(weight_decay=0).run_id == base.run_id  # an int for a float setting is the same value
+    assert TrainConfig(model_options={"unit": "basic"}).run_id != base.run_id
+
+
+def test_a_changed_network_gets_a_new_run_id(monkeypatch):
+    """A preset whose network changes raises its revision, so old results are never read as new."""
+    import dataclasses
+
+    from hrsnet.models import registry
+
+    before = TrainConfig(arch="hrsnet").run_id
+    monkeypatch.setitem(registry.PRESETS, "hrsnet", dataclasses.replace(registry.PRESETS["hrsnet"], revision=3))
+    assert TrainConfig(arch="hrsnet").run_id != before
+    assert TrainConfig(arch="hrnet").identity()["network_revision"] == registry.PRESETS["hrnet"].revision
+
+
+def test_unknown_setting_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown setting\\(s\\) 'epoch'; TrainConfig has: arch, width"):
+        TrainConfig.from_settings({"epoch": 3})
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2)" in text and "(default 2)" not in text and text.count("(default: 0.005)") == 1
+
+
+def test_every_setting_is_an_option_and_round_trips():
+    """The command line is derived from TrainConfig: every field, its default, its choices."""
+    import dataclasses
+
+    from hrsnet.__main__ import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train"])
+    assert config_from_args(args) == TrainConfig()
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--arch",
+            "hrsnet",
+            "--train-subset",
+            "64",
+            "--eval-batch-size",
+            "none",
+            "--model-option",
+            "modules_per_stage=4,4,4",
+            "--augment",
+            "--lr",
+            "0.01",
+        ]
+    )
+    config = config_from_args(args)
+    assert (config.arch, config.train_subset, config.eval_batch_size, config.augment, config.lr) == (
+        "hrsnet",
+        64,
+        None,
+        True,
+        0.01,
+    )
+    assert config.model_options == (("modules_per_stage", (4, 4, 4)),)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model-option", "modules_per_stage=1,x"], "modules_per_stage takes whole numbers separated by commas"),
+        (["--model-option", "unit"], "expected KEY=VALUE"),
+        (["--arch", "resnet"], "invalid choice: 'resnet'"),
+    ],
+)
+def test_bad_options_are_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_run_directory_schema(tmp_path):
@@ -100,8 +210,17 @@ def test_run_directory_schema(tmp_path):
 
 
 def test_cifar100_fixture_trains_through_torchvision(tmp_path, cifar_checksums):
-    result = fit(tiny_config(tmp_path, dataset="cifar100", data_dir=str(cifar_checksums), epochs=1,
-                             train_subset=64, val_subset=32, test_subset=None))
+    result = fit(
+        tiny_config(
+            tmp_path,
+            dataset="cifar100",
+            data_dir=str(cifar_checksums),
+            epochs=1,
+            train_subset=64,
+            val_subset=32,
+            test_subset=None,
+        )
+    )
     assert result.status.state == "complete"
     with open(result.run_dir / "per_class.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -219,10 +338,39 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 
 def _train_command(results_dir):
-    return [sys.executable, "-m", "hrsnet", "train", "--arch", "hrnet", "--width", "2", "--dataset", "digits",
-            "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--train-subset", "96",
-            "--val-subset", "32", "--test-subset", "32", "--augment", "--patience", "10", "--deterministic",
-            "--device", "cpu", "--quiet", "--results-dir", str(results_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "hrsnet",
+        "train",
+        "--arch",
+        "hrnet",
+        "--width",
+        "2",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--train-subset",
+        "96",
+        "--val-subset",
+        "32",
+        "--test-subset",
+        "32",
+        "--augment",
+        "--patience",
+        "10",
+        "--deterministic",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--results-dir",
+        str(results_dir),
+    ]
 
 
 @pytest.mark.slow
@@ -233,8 +381,9 @@ def test_killed_subprocess_resumes_to_the_same_history(tmp_path):
     reference_dir = next((tmp_path / "reference" / "runs").iterdir())
 
     killed_root = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(killed_root), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(killed_root), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     history = killed_root / "runs" / reference_dir.name / "history.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -255,12 +404,13 @@ def test_killed_subprocess_resumes_to_the_same_history(tmp_path):
     for want, got in zip(expected, actual):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert abs(float(want[column]) - float(got[column])) <= 1e-6, (column, want, got)
-    assert json.loads((reference_dir / "test_metrics.json").read_text()) == \
-        json.loads((history.parent / "test_metrics.json").read_text())
+    assert json.loads((reference_dir / "test_metrics.json").read_text()) == json.loads(
+        (history.parent / "test_metrics.json").read_text()
+    )
 
 
-def test_load_result_reads_a_run_back(tmp_path):
+def test_a_run_reads_back_through_rundir(tmp_path):
     result = fit(tiny_config(tmp_path, epochs=1))
-    loaded = load_result(result.run_dir)
+    loaded = rundir.read_run(result.run_dir)
     assert loaded.status == result.status and loaded.test_metrics == result.test_metrics
-    assert loaded.history[0]["epoch"] == 1
+    assert loaded.history["epoch"].tolist() == [1] and (loaded.arch, loaded.width, loaded.seed) == ("hrnet", 2, 0)

@@ -1,10 +1,21 @@
 """The High-Resolution Network family: one configurable class, three presets."""
+
 from .config import HRNetConfig
 from .hrnet import HighResolutionNet
-from .registry import PRESETS, config_differences, create_model, list_models, model_config
+from .registry import PRESETS, Preset, config_differences, create_model, list_models, model_config, preset_fields
 from .summary import ModelSummary, count_forward_flops, summary
 
 __all__ = [
-    "HRNetConfig", "HighResolutionNet", "PRESETS", "ModelSummary", "config_differences",
-    "count_forward_flops", "create_model", "list_models", "model_config", "summary",
+    "HRNetConfig",
+    "HighResolutionNet",
+    "PRESETS",
+    "Preset",
+    "ModelSummary",
+    "config_differences",
+    "count_forward_flops",
+    "create_model",
+    "list_models",
+    "model_config",
+    "preset_fields",
+    "summary",
 ]

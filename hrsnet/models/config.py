@@ -1,4 +1,5 @@
 """The frozen config that drives the one High-Resolution Network class, and its validation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,8 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 class HRNetConfig:
     """Everything that tells the three networks of the report apart, one field per difference.
 
+    The defaults are the original HRNet-Wx-C (the ``hrnet_official`` preset).
+
     Fields (allowed values; what each one means):
 
     - ``width`` (int >= 1): C, the width of the highest-resolution branch; branch i has C*2^i.
@@ -47,10 +50,11 @@ class HRNetConfig:
       a stride-2 chain. "source" (official, and timm): they keep the source branch's width
       and only the last conv changes it. "double" (the released notebooks): each conv
       doubles the width, C*2^j -> C*2^(j+1) -> ... -> C*2^i.
-    - ``conv_bias`` (bool): bias on the convs of the stem, stage 1, transitions, fusion and
-      head units. Off in the official network (BatchNorm follows every conv); on in the
-      released notebooks, which keep PyTorch's default. The head's downsampling and final
-      convs have a bias in every preset, as in the official code.
+    - ``conv_bias`` (bool): bias on every conv of the stem, stage 1, the transitions, the
+      residual units in the branches, the fusion and the head's bottleneck units. Off in the
+      official network (BatchNorm follows every conv); on in the released notebooks, which
+      keep PyTorch's default everywhere. The head's downsampling and final convs have a bias
+      in every preset, as in the official code.
     - ``head_activation_after_add`` (bool): the head's bottleneck units. True (official):
       ReLU after the residual sum. False (the released notebooks): ReLU at the end of the
       residual branch, before the sum, none after.
@@ -82,8 +86,7 @@ class HRNetConfig:
         if isinstance(modules, list):  # JSON round trips give lists; store the hashable form
             object.__setattr__(self, "modules_per_stage", modules := tuple(modules))
         if not isinstance(modules, tuple) or len(modules) != 3:
-            raise ValueError(
-                f"modules_per_stage must be three integers >= 1 (stages 2, 3, 4), got {modules!r}")
+            raise ValueError(f"modules_per_stage must be three integers >= 1 (stages 2, 3, 4), got {modules!r}")
         for count in modules:
             _check_int("modules_per_stage entries", count, 1)
         for name in ("stage_skip", "conv_bias", "head_activation_after_add"):
@@ -92,7 +95,8 @@ class HRNetConfig:
         if self.stage_skip and min(modules) < 2:
             raise ValueError(
                 "stage_skip needs at least 2 modules in every stage (the skip goes from a stage's "
-                f"input to its last module's input); modules_per_stage is {modules}")
+                f"input to its last module's input); modules_per_stage is {modules}"
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

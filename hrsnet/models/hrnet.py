@@ -9,6 +9,7 @@ Module names follow the official HRNet code (conv1, layer1, transition1, stage2.
 fuse_layers, incre_modules, downsamp_modules, final_layer, classifier), so an official or
 timm ``hrnet_w*`` state dict loads strictly into the ``hrnet_official`` preset.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,7 @@ from .config import HRNetConfig
 MIN_INPUT_SIZE = 32
 STEM_WIDTH = 64
 STAGE1_PLANES = 64  # bottleneck width in stage 1; output 256 channels
-HEAD_PLANES = 32    # head bottleneck width of branch i is 32 * 2^i, output 128 * 2^i
+HEAD_PLANES = 32  # head bottleneck width of branch i is 32 * 2^i, output 128 * 2^i
 HEAD_FEATURES = 2048
 
 
@@ -60,7 +61,8 @@ class HighResolutionModule(nn.Module):
         widths = branch_widths(config.width, num_branches)
         unit = BasicBlock if config.unit == "basic" else PreActBlock
         self.branches = nn.ModuleList(
-            nn.Sequential(*(unit(channels) for _ in range(config.units_per_branch))) for channels in widths
+            nn.Sequential(*(unit(channels, bias=config.conv_bias) for _ in range(config.units_per_branch)))
+            for channels in widths
         )
         out_widths = branch_widths(config.width, num_outputs)
         fuse_layers = []
@@ -68,8 +70,11 @@ class HighResolutionModule(nn.Module):
             row = []
             for j in range(num_branches):
                 if j > i:
-                    row.append(nn.Sequential(conv1x1(widths[j], out_widths[i], bias=config.conv_bias),
-                                             nn.BatchNorm2d(out_widths[i])))
+                    row.append(
+                        nn.Sequential(
+                            conv1x1(widths[j], out_widths[i], bias=config.conv_bias), nn.BatchNorm2d(out_widths[i])
+                        )
+                    )
                 elif j == i:
                     row.append(nn.Identity())
                 else:
@@ -138,10 +143,12 @@ class HighResolutionNet(nn.Module):
             *(Bottleneck(stage1_channels, STAGE1_PLANES, bias=bias) for _ in range(3)),
         )
         widths = branch_widths(config.width, 4)
-        self.transition1 = nn.ModuleList([
-            conv_bn(stage1_channels, widths[0], 3, stride=1, bias=bias),
-            nn.Sequential(conv_bn(stage1_channels, widths[1], 3, stride=2, bias=bias)),
-        ])
+        self.transition1 = nn.ModuleList(
+            [
+                conv_bn(stage1_channels, widths[0], 3, stride=1, bias=bias),
+                nn.Sequential(conv_bn(stage1_channels, widths[1], 3, stride=2, bias=bias)),
+            ]
+        )
 
         fuse_new_branch = config.new_branch == "fuse"
         self.stage2 = self._make_stage(config, 2, config.modules_per_stage[0], fuse_new_branch)
@@ -151,8 +158,11 @@ class HighResolutionNet(nn.Module):
         self.stage4 = self._make_stage(config, 4, config.modules_per_stage[2], False)
 
         self.incre_modules = nn.ModuleList(
-            nn.Sequential(Bottleneck(widths[i], HEAD_PLANES * 2**i, bias=bias,
-                                     activation_after_add=config.head_activation_after_add))
+            nn.Sequential(
+                Bottleneck(
+                    widths[i], HEAD_PLANES * 2**i, bias=bias, activation_after_add=config.head_activation_after_add
+                )
+            )
             for i in range(4)
         )
         head_widths = [HEAD_PLANES * 2**i * Bottleneck.expansion for i in range(4)]  # 128 ... 1024
@@ -168,8 +178,10 @@ class HighResolutionNet(nn.Module):
         num_branches = stage  # stage 2 has 2 branches, ..., stage 4 has 4
         modules = [
             HighResolutionModule(
-                config, num_branches,
-                num_outputs=num_branches + 1 if grows_new_branch and index == num_modules - 1 else num_branches)
+                config,
+                num_branches,
+                num_outputs=num_branches + 1 if grows_new_branch and index == num_modules - 1 else num_branches,
+            )
             for index in range(num_modules)
         ]
         return HRStage(modules, config.stage_skip)
@@ -202,11 +214,11 @@ class HighResolutionNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(
                 "input must be a 4-D float tensor (N, 3, H, W) with 3 channels, "
-                f"got shape {tuple(x.shape)} and dtype {x.dtype}")
+                f"got shape {tuple(x.shape)} and dtype {x.dtype}"
+            )
         height, width = x.shape[-2:]
         if height < MIN_INPUT_SIZE or width < MIN_INPUT_SIZE:
-            raise ValueError(
-                f"input height and width must be >= {MIN_INPUT_SIZE}, got {height}x{width}")
+            raise ValueError(f"input height and width must be >= {MIN_INPUT_SIZE}, got {height}x{width}")
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem to stage 4: the four branch outputs, highest resolution first."""

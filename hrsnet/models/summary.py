@@ -1,4 +1,5 @@
 """Parameter and FLOP counts, from torch's own FlopCounterMode (no hand-written counter)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ class ModelSummary:
     width: int
     image_size: int
     num_classes: int
-    parameters: int            # all parameters
+    parameters: int  # all parameters
     trainable_parameters: int  # requires_grad
-    forward_flops: int         # FlopCounterMode count for one image (a multiply-add counts 2)
+    forward_flops: int  # FlopCounterMode count for one image (a multiply-add counts 2)
 
     @property
     def forward_gmacs(self) -> float:
@@ -50,36 +51,9 @@ def summary(name: str, width: int, image_size: int = 224, num_classes: int = 100
         model = create_model(name, width=width, num_classes=num_classes, **overrides)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelSummary(name, width, image_size, num_classes, parameters, trainable,
-                        count_forward_flops(model, image_size))
-
-
-# What the report and the HRNet papers say, to print beside our counts.
-CLAIMED_PARAMETERS = {
-    "hrnet_official": "HRNet-W18-C 21.3M, W30-C 37.7M (1000 classes)",
-    "hrnet": "about 13M (C not named)",
-    "hrsnet": "about 43M (C not named)",
-}
-
-
-def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, num_classes: int = 100):
-    """One row per network and width: parameters, FLOPs, and the claim they should be read beside."""
-    import pandas as pd
-
-    from .registry import list_models
-
-    rows = []
-    for name in names or list_models():
-        for width in widths:
-            result = summary(name, width, image_size, num_classes)
-            rows.append({
-                "network": name, "C": width, "parameters (M)": round(result.parameters / 1e6, 2),
-                "trainable (M)": round(result.trainable_parameters / 1e6, 2),
-                "forward GFLOPs": round(result.forward_flops / 1e9, 2),
-                "GMACs": round(result.forward_gmacs, 2),
-                "claimed": CLAIMED_PARAMETERS.get(name, ""),
-            })
-    return pd.DataFrame(rows)
+    return ModelSummary(
+        name, width, image_size, num_classes, parameters, trainable, count_forward_flops(model, image_size)
+    )
 
 
 def head_parameters(name: str, width: int, num_classes: int = 100) -> int:
@@ -88,17 +62,3 @@ def head_parameters(name: str, width: int, num_classes: int = 100) -> int:
         model = create_model(name, width=width, num_classes=num_classes)
     head = [model.incre_modules, model.downsamp_modules, model.final_layer, model.classifier]
     return sum(p.numel() for module in head for p in module.parameters())
-
-
-def claim_finding(table, num_classes: int = 100) -> str:
-    """One sentence on how our parameter counts compare with the report's 13M / 43M claim."""
-    ours = {name: table[table["network"] == name].set_index("C")["parameters (M)"] for name in ("hrnet", "hrsnet")}
-    ratios = (ours["hrsnet"] / ours["hrnet"]).round(2)
-    widths = ", ".join(str(c) for c in ours["hrnet"].index)
-    head = head_parameters("hrnet", int(ours["hrnet"].index.min()), num_classes)
-    return (
-        f"For C in {{{widths}}} our HRNet has {ours['hrnet'].min():.1f}M to {ours['hrnet'].max():.1f}M parameters and "
-        f"HRSNet {ours['hrsnet'].min():.1f}M to {ours['hrsnet'].max():.1f}M; HRSNet is {ratios.min():.2f}x to "
-        f"{ratios.max():.2f}x the size of HRNet at the same C, not the claimed 43/13 = 3.3x, because "
-        f"{head / 1e6:.1f}M parameters sit in the classification head, whose widths barely depend on C."
-        + (" No single C gives both 'about 13M' and 'about 43M'." if ratios.max() < 43 / 13 / 1.5 else ""))

