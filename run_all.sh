@@ -63,6 +63,17 @@ echo "$listing" | grep -m1 "^profile: "
 resolved="$(echo "$listing" | sed -n -E 's/^profile: ([a-z]+).*/\1/p' | head -n 1)"
 runs="$(echo "$listing" | grep "$(printf '\t')" || true)"
 
+# Ctrl-C (SIGINT to the foreground group): papermill stops the kernel, which marks the run
+# interrupted at its last completed epoch; then stop here at once instead of going on.
+exec 3>&2  # the trap may fire inside a command whose stderr goes to a log: say it on the real one
+on_interrupt() {
+    trap - INT TERM
+    echo "interrupted: run the same ./run_all.sh command again to resume (finished runs are skipped;" \
+         "an interrupted run resumes after its last completed epoch)" >&3
+    exit 130
+}
+trap on_interrupt INT TERM
+
 papermill() {  # papermill INPUT OUTPUT [params...]: notebooks run from notebooks/, kernel "hrsnet"
     "$PYTHON" -m papermill "$1" "$2" -k hrsnet --cwd notebooks --no-progress-bar "${@:3}"
 }
@@ -77,15 +88,21 @@ failed=()
 total=$(echo -n "$runs" | grep -c . || true)
 [ "$total" -gt 0 ] || echo "[train] every run of profile $resolved is finished (--force reruns them)"
 index=0
-while IFS=$'\t' read -r run_id arch width state; do
+while IFS=$'\t' read -r _ run_id arch width seed state action; do
     [ -n "$run_id" ] || continue
     index=$((index + 1))
     run_started=$SECONDS
-    echo "[train $index/$total] $arch C=$width ($run_id, $state)"
+    echo "[train $index/$total] $arch C=$width seed $seed ($run_id, $state)"
+    if [ "$state" = "training" ]; then  # another process holds the run's lock
+        echo "  skipped: ${action#skip: }"
+        continue
+    fi
     if papermill notebooks/01_train.ipynb "$notebook_dir/train_$run_id.ipynb" \
             -p arch "$arch" -p width "$width" -p profile "$resolved" -p results_dir "$results_dir" \
             -p force "$force" "${data_params[@]}" >/dev/null 2>"$notebook_dir/train_$run_id.log"; then
         echo "  $(head -n 1 "$results_dir/runs/$run_id/status"): $(sed -n 2p "$results_dir/runs/$run_id/status") [$((SECONDS - run_started))s]"
+    elif grep -q "RunLockedError: " "$notebook_dir/train_$run_id.log"; then  # taken since the listing
+        echo "  skipped: $(grep -m1 -o 'is being trained by .*' "$notebook_dir/train_$run_id.log" | sed 's/^is //')"
     else
         failed+=("$run_id")
         # The notebook's own exception is the traceback's last "Name: message" line.

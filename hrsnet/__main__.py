@@ -118,18 +118,35 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """List a profile's runs for run_all.sh: first line (stderr) says which profile and why."""
+    """List a profile's runs (first line, on stderr: which profile and why). Each row: index, run
+    id, network, C, seed, state, and what a rerun will do, with any disagreement between its files."""
     from . import rundir
     from .experiments import profile_runs, resolve_profile
 
     name, why = resolve_profile(args.profile)
     print(f"profile: {name} ({why})", file=sys.stderr)
-    for config in profile_runs(name, args.results_dir, args.data_dir, only=args.only):
-        status = rundir.read_status(config.run_dir())
-        state = status.state if status else "new"
-        if args.pending and status is not None and status.finished:
+    rows = []
+    for index, config in enumerate(profile_runs(name, args.results_dir, args.data_dir, only=args.only)):
+        check = rundir.check_run(config.run_dir())
+        if args.pending and check.action == "skip: finished":
             continue
-        print(f"{config.run_id}\t{config.arch}\t{config.width}\t{state}")
+        action = check.action + "".join(f"; {problem}" for problem in check.problems)
+        rows.append(
+            {
+                "index": index,
+                "run_id": config.run_id,
+                "arch": config.arch,
+                "width": config.width,
+                "seed": config.seed,
+                "state": check.state,
+                "action": action,
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print("\t".join(str(value) for value in row.values()))
     return 0
 
 
@@ -216,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help="list the runs of a profile (run_id, arch, width, state)",
+        help="list the runs of a profile: index, run id, network, C, seed, state, what a rerun will do",
         epilog="profiles:\n" + describe_profiles(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runs.add_argument("--profile", default="auto", help="paper, quick, smoke or auto (default auto)")
     runs.add_argument("--only", default=None, help="a run id or an arch")
-    runs.add_argument("--pending", action="store_true", help="leave out finished runs")
+    runs.add_argument("--pending", action="store_true", help="leave out finished runs whose files agree")
+    runs.add_argument("--format", choices=("tsv", "json"), default="tsv", help="tab-separated rows or JSON")
     runs.add_argument("--results-dir", default="results")
     runs.add_argument("--data-dir", default=None)
     runs.set_defaults(handler=cmd_runs)
@@ -272,11 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataNotFoundError
+    from .rundir import RunFileError
+    from .runlock import RunLockedError
     from .train import CheckpointError
 
     try:
         return args.handler(args)
-    except (ValueError, DataNotFoundError, CheckpointError) as error:
+    except (ValueError, DataNotFoundError, CheckpointError, RunFileError, RunLockedError) as error:
+        # One line here; the cause stays chained on the exception for notebook users.
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
     except KeyboardInterrupt:

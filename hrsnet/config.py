@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .runtime import DEVICE_CHOICES, OPTIMIZERS, PRECISIONS, SWITCHES
+from .runtime import DEVICE_CHOICES, OPTIMIZERS, PRECISIONS, SWITCHES, check_device_name
 
 RUN_ID_FORMAT = 2  # 1: every field hashed, defaults included
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -141,8 +140,7 @@ class TrainConfig:
         for config_field in dataclasses.fields(self):
             value = _validated(config_field, hints[config_field.name], getattr(self, config_field.name))
             object.__setattr__(self, config_field.name, value)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # availability is checked when the run starts
-            raise ValueError(f"device must be {DEVICE_CHOICES}; got {self.device!r}")
+        check_device_name(self.device)  # whether the GPU exists is checked when the run starts
         try:
             self.model_config(num_classes=1)  # the model's own validation, before any data
         except ValueError as error:

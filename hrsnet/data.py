@@ -15,6 +15,7 @@ Datasets:
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("cifar100", "digits")
+DATASET_CLASSES = {"cifar100": 100, "digits": 10}  # the datasets and their class counts
+DATASETS = tuple(DATASET_CLASSES)
 NORMALIZE_MEAN = 0.5
 NORMALIZE_STD = 0.5
 DIGITS_TEST_FRACTION = 0.2
@@ -103,11 +105,33 @@ def _nhwc_to_split(images: np.ndarray, labels) -> Split:
     return Split(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
 
 
+def cifar100_problem(data_dir: Path) -> str | None:
+    """What is wrong with the CIFAR-100 copy in ``data_dir``, or None if it passes its checksums
+    (or is not there at all: that is a download's job)."""
+    from torchvision.datasets import CIFAR100
+    from torchvision.datasets.utils import check_integrity
+
+    folder = Path(data_dir) / CIFAR100.base_folder
+    if not folder.is_dir():
+        return None
+    expected = [*CIFAR100.train_list, *CIFAR100.test_list, [CIFAR100.meta["filename"], CIFAR100.meta["md5"]]]
+    missing = [name for name, _ in expected if not (folder / name).is_file()]
+    if missing:
+        return f"incomplete in {folder}: {', '.join(missing)} missing"
+    damaged = [name for name, md5 in expected if not check_integrity(str(folder / name), md5)]
+    if damaged:
+        return (
+            f"damaged in {folder}: {', '.join(damaged)} failed the MD5 checksum (truncated, or not the official files)"
+        )
+    return None
+
+
 def load_cifar100_arrays(data_dir: Path, download: bool = True):
     """(train images NHWC uint8, train labels, test images, test labels, class names) via torchvision.
 
-    torchvision verifies the files' MD5 sums; when they are missing it downloads them (if
-    allowed), and offline that failure becomes one clear DataNotFoundError.
+    torchvision verifies the files' MD5 sums. A copy that is there but incomplete, damaged or
+    unreadable is reported as such (and left alone); a missing one is downloaded when allowed,
+    and offline that failure becomes one clear DataNotFoundError.
     """
     from torchvision.datasets import CIFAR100
 
@@ -116,20 +140,25 @@ def load_cifar100_arrays(data_dir: Path, download: bool = True):
         f"put the extracted 'cifar-100-python' folder (from {CIFAR100_URL}) in {data_dir}/, "
         "or point --data-dir / HRSNET_DATA at a folder that has it"
     )
+    problem = cifar100_problem(data_dir)
+    if problem is not None:
+        raise DataNotFoundError(f"CIFAR-100 is {problem}; {how_to}")
     try:
-        train = CIFAR100(root, train=True, download=False)  # raises if missing or corrupt
-    except RuntimeError:
+        train = CIFAR100(root, train=True, download=False)  # raises if missing
+    except RuntimeError as missing:
         if not download:
-            raise DataNotFoundError(
-                f"CIFAR-100 not found (or it failed its checksum) in {data_dir}: {how_to}"
-            ) from None
+            raise DataNotFoundError(f"CIFAR-100 is not in {data_dir}: {how_to}") from missing
         try:
             train = CIFAR100(root, train=True, download=True)
         except Exception as error:  # URLError, timeouts, HTTP errors, a bad archive checksum
             detail = str(error).splitlines()[0] if str(error) else "no detail"
             raise DataNotFoundError(
                 f"CIFAR-100 is not in {data_dir} and downloading it failed ({type(error).__name__}: {detail}); {how_to}"
-            ) from None
+            ) from error
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:  # passed MD5, still unreadable
+        raise DataNotFoundError(
+            f"CIFAR-100 in {data_dir} is unreadable ({type(error).__name__}: {error}); {how_to}"
+        ) from error
     test = CIFAR100(root, train=False, download=False)
     return train.data, train.targets, test.data, test.targets, list(train.classes)
 
@@ -156,6 +185,11 @@ def load_dataset(
 ) -> DatasetSplits:
     """Load ``name`` into CPU uint8 tensors and split it; ``*_subset`` keep the first n of a split."""
     if name == "cifar100":
+        if data_dir is not None and not Path(data_dir).is_dir():  # never created as a side effect
+            raise DataNotFoundError(
+                f"data folder {data_dir} does not exist; create it with CIFAR-100 in it, or "
+                "leave --data-dir out for the default (data/ in the repository)"
+            )
         train_x, train_y, test_x, test_y, classes = load_cifar100_arrays(
             Path(data_dir) if data_dir is not None else default_data_dir(), download
         )

@@ -55,6 +55,7 @@ class RunCollection:
     profile: str
     runs: list[Run]
     missing: list[MissingRun] = field(default_factory=list)  # expected, no run directory yet
+    unreadable: list[tuple[MissingRun, str]] = field(default_factory=list)  # (the run, why it was left out)
 
     @property
     def partial(self) -> list[Run]:
@@ -77,6 +78,7 @@ class RunCollection:
         """What is missing or unfinished, for the notebook's output."""
         lines = [f"{len(self.runs)} run(s) found for profile '{self.profile}'"]
         lines += [f"  missing: {missing.run_id}" for missing in self.missing]
+        lines += [f"  left out, unreadable: {run.run_id} ({why})" for run, why in self.unreadable]
         lines += [f"  {run.status.state}: {run.run_id} ({run.status.reason})" for run in self.partial]
         lines += [
             f"  diverged: {run.run_id} ({run.status.reason})" for run in self.runs if run.status.state == "diverged"
@@ -89,14 +91,34 @@ def collect_runs(results_dir: str | Path, profile: str, data_dir: str | Path | N
     from .experiments import profile_runs, resolve_profile
 
     name, _ = resolve_profile(profile)
-    runs, missing = [], []
+    runs, missing, unreadable = [], [], []
     for config in profile_runs(name, results_dir, data_dir):
-        run = load_run(Path(results_dir) / "runs" / config.run_id)
+        try:
+            run = load_run(Path(results_dir) / "runs" / config.run_id)
+        except rundir.RunFileError as error:  # left out of the figures, listed with its reason
+            unreadable.append((MissingRun(config.run_id, config.arch, config.width), str(error)))
+            continue
         if run is None:
             missing.append(MissingRun(config.run_id, config.arch, config.width))
+        elif (edited := _config_disagrees(run)) is not None:
+            unreadable.append((MissingRun(config.run_id, config.arch, config.width), edited))
         else:
             runs.append(run)
-    return RunCollection(name, runs, missing)
+    return RunCollection(name, runs, missing, unreadable)
+
+
+def _config_disagrees(run: Run) -> str | None:
+    """Why a run's config.json does not describe its run id (a hand edit), or None if it does."""
+    from .config import TrainConfig, setting_names
+
+    try:
+        train = {key: value for key, value in run.config["train"].items() if key in setting_names()}
+        run_id = TrainConfig.from_settings(train).run_id
+    except (KeyError, TypeError, ValueError) as error:
+        return f"{run.run_dir / rundir.CONFIG_FILE} is not a valid run config ({error})"
+    if run_id != run.run_id:
+        return f"{run.run_dir / rundir.CONFIG_FILE} describes run {run_id}, not {run.run_id} (edited by hand?)"
+    return None
 
 
 # --- drawing helpers ------------------------------------------------------------------------
@@ -360,6 +382,8 @@ def results_table(collection: RunCollection) -> pd.DataFrame:
                 "stop reason": f"no run directory {missing.run_id}",
             }
         )
+    for run, why in collection.unreadable:
+        rows.append({"network": run.arch, "C": run.width, "status": "unreadable", "stop reason": why})
     table = pd.DataFrame(rows)
     if not table.empty:
         order = {arch: index for index, arch in enumerate(NETWORK_LABELS)}
@@ -421,6 +445,7 @@ def make_all_figures(
             "figures": [p.name for p in figures],
             "missing": [m.run_id for m in collection.missing],
             "partial": [r.run_id for r in collection.partial],
+            "unreadable": {run.run_id: why for run, why in collection.unreadable},
         },
     )
     return FigureReport(figures, table, collection)

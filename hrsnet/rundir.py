@@ -16,6 +16,10 @@
 - ``status``: first line the state (running, complete, early-stopped, diverged, failed),
   second line the reason.
 - ``last.pt`` and ``best_epochNNN.pt``: checkpoints (git-ignored).
+- ``.lock``: the lock of the process training the run, with its pid, host and start time
+  (hrsnet.runlock; never deleted, held only while a process trains).
+- ``.<name>.<random>.tmp``: a file being written; one left by a killed process is removed
+  when the run is next trained.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ TEST_METRICS_FILE = "test_metrics.json"
 EXAMPLES_FILE = "class_examples.npz"
 STATUS_FILE = "status"
 LAST_CHECKPOINT = "last.pt"
+TEMP_SUFFIX = ".tmp"
+UNREADABLE = "unreadable"  # what read_status reports for a status file it cannot parse
 
 
 def _umask() -> int:
@@ -63,22 +69,51 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+class RunFileError(RuntimeError):
+    """A file of a run that cannot be read or written; the message names the file and the cause."""
+
+
+def atomic_write(
+    path: Path, write: Callable[[Any], None], binary: bool = False, needed_bytes: int | None = None
+) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place,
-    so a reader (or a crash) only ever sees the old file or the complete new one."""
+    so a reader (or a crash) only ever sees the old file or the complete new one.
+
+    A failed write (a full disk, a read-only folder; torch.save's own stream errors) raises
+    RunFileError naming the file, the cause and, with ``needed_bytes``, the space it needs.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(temp_name, path)
+    except (OSError, RuntimeError) as error:
+        _remove(temp_name)
+        from .preflight import describe_write_error
+
+        raise RunFileError(describe_write_error(path, error, needed_bytes)) from error
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        _remove(temp_name)
         raise
+
+
+def _remove(temp_name: str | None) -> None:
+    if temp_name is not None:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def remove_temporary_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files that killed writers left behind (call only while holding the run's lock)."""
+    leftovers = [path for path in Path(run_dir).glob(f".*{TEMP_SUFFIX}") if path.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def _json_safe(value: Any) -> Any:
@@ -97,8 +132,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as stream:
-        return json.load(stream)
+    """A JSON file of a run; RunFileError naming the file when it is truncated or not JSON."""
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFileError(
+            f"{path} is not readable JSON ({type(error).__name__}: {error}); "
+            "delete the run folder or rerun it with --force"
+        ) from error
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -131,7 +173,14 @@ def read_status(run_dir: Path) -> RunStatus | None:
     path = Path(run_dir) / STATUS_FILE
     if not path.exists():
         return None
-    lines = path.read_text().splitlines() + ["", ""]
+    try:
+        lines = path.read_text().splitlines() + ["", ""]
+    except UnicodeDecodeError as error:
+        return RunStatus(UNREADABLE, f"{path} is not a status file ({error}); the next run rewrites it")
+    if lines[0].strip() not in STATES:
+        return RunStatus(
+            UNREADABLE, f"{path} names no known state ({lines[0].strip()[:40]!r}); the next run rewrites it"
+        )
     return RunStatus(lines[0].strip(), lines[1].strip())
 
 
@@ -140,7 +189,21 @@ def read_history(run_dir: Path) -> pd.DataFrame:
     import pandas as pd
 
     path = Path(run_dir) / HISTORY_FILE
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=HISTORY_COLUMNS)
+    if not path.exists():
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    try:
+        history = pd.read_csv(path)
+    except (UnicodeDecodeError, ValueError) as error:  # pandas' ParserError is a ValueError
+        raise RunFileError(
+            f"{path} is not a readable history ({type(error).__name__}); "
+            "training the run again rewrites it from the checkpoint"
+        ) from error
+    if list(history.columns) != HISTORY_COLUMNS:
+        raise RunFileError(
+            f"{path} has columns {list(history.columns)}, not {HISTORY_COLUMNS}; "
+            "training the run again rewrites it from the checkpoint"
+        )
+    return history
 
 
 @dataclass
@@ -215,3 +278,63 @@ def read_run(run_dir: Path) -> Run:
         test_metrics=read_json(metrics_path) if metrics_path.exists() else None,
         per_class=pd.read_csv(per_class_path, dtype={"class_name": str}) if per_class_path.exists() else None,
     )
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """What a run directory's files say together: problems found, and what a rerun will do."""
+
+    state: str
+    problems: tuple[str, ...]
+    action: str
+
+
+def check_run(run_dir: Path, probe_lock: bool = True) -> RunCheck:
+    """Cross-check a run's files without training: status, metrics, history, checkpoint, lock.
+    ``probe_lock=False`` in the process that holds the run's lock (fit())."""
+    from .runlock import lock_state
+
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    state = status.state if status else "new"
+    problems: list[str] = []
+    if status is not None and status.state == UNREADABLE:
+        problems.append(status.reason)
+    lock = lock_state(run_dir) if probe_lock and run_dir.exists() else "none"
+    if lock == "held":
+        from .runlock import describe_holder, lock_holder
+
+        return RunCheck("training", (), f"skip: being trained by {describe_holder(lock_holder(run_dir))}")
+    checkpoint_epochs = None
+    last = run_dir / LAST_CHECKPOINT
+    if last.exists():
+        try:
+            import torch  # mmap: the history without reading the weights
+
+            checkpoint_epochs = len(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["history"])
+        except Exception as error:
+            problems.append(f"checkpoint {last} is corrupt or unreadable ({type(error).__name__})")
+    for name in (CONFIG_FILE, TEST_METRICS_FILE):
+        if (run_dir / name).exists():
+            try:
+                read_json(run_dir / name)
+            except RunFileError as error:
+                problems.append(str(error).split(";")[0])
+    try:
+        history_epochs = len(read_history(run_dir))
+    except RunFileError as error:
+        history_epochs = None
+        problems.append(str(error).split(";")[0])
+    if checkpoint_epochs is not None and history_epochs is not None and history_epochs < checkpoint_epochs:
+        problems.append(f"history.csv has {history_epochs} epochs, the checkpoint {checkpoint_epochs}")
+    if status is not None and status.finished and not (run_dir / TEST_METRICS_FILE).exists():
+        problems.append(f"{status.state} but {TEST_METRICS_FILE} is missing")
+    if status is not None and status.state == "running" and lock == "stale":
+        problems.append("its process died (the lock is stale)")
+    if status is not None and status.finished and not problems:
+        return RunCheck(state, (), "skip: finished")
+    if checkpoint_epochs is not None:
+        return RunCheck(state, tuple(problems), f"resume after epoch {checkpoint_epochs}")
+    if last.exists() or (status is not None and status.finished):
+        return RunCheck(state, tuple(problems), "cannot resume: rerun with --force to start over")
+    return RunCheck(state, tuple(problems), "start")

@@ -5,6 +5,7 @@ calls the default is what training does."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from contextlib import nullcontext
 
@@ -15,25 +16,29 @@ SWITCHES = ("auto", "on", "off")
 OPTIMIZERS = ("sgd", "adam")
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: object) -> None:
+    """ValueError unless ``name`` is auto, cpu, cuda or cuda:N (whether the GPU exists is resolve_device's)."""
+    if not isinstance(name, str) or DEVICE_PATTERN.fullmatch(name) is None:
+        raise ValueError(f"device must be {DEVICE_CHOICES}; got {name!r}")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA GPU if torch sees one, else the CPU; only CPU and CUDA are supported."""
+    """``auto`` is the first CUDA GPU if torch sees one, else the CPU; a CUDA device only if torch sees it."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"device must be {DEVICE_CHOICES}; got {name!r}") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be {DEVICE_CHOICES}; got {name!r}")
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
             raise ValueError(
-                f"device {name!r} was asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) "
-                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+                f"device {name!r} was asked for, but torch sees {count} CUDA GPU{'' if count == 1 else 's'} "
+                f"(cuda:0 to cuda:{count - 1}); use one of those or --device auto"
             )
     return device
 

@@ -10,6 +10,7 @@ best-validation one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import platform
@@ -23,12 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import rundir
+from . import preflight, rundir
 from .config import TrainConfig
-from .data import DatasetSplits, Split, load_dataset, preprocess
+from .data import DATASET_CLASSES, DatasetSplits, Split, load_dataset, preprocess
 from .evaluate import EvalResult, evaluate
 from .models import create_model
 from .rundir import RunStatus
+from .runlock import LOCK_FILE, RunLock
 from .runtime import (
     autocast_context,
     configure_determinism,
@@ -187,8 +189,8 @@ def _log(message: str, quiet: bool) -> None:
         tqdm.write(message)
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    rundir.atomic_write(path, lambda stream: torch.save(state, stream), binary=True)
+def _save_checkpoint(path: Path, state: dict[str, Any], needed_bytes: int | None = None) -> None:
+    rundir.atomic_write(path, lambda stream: torch.save(state, stream), binary=True, needed_bytes=needed_bytes)
 
 
 def _metrics(result: EvalResult, epoch: int) -> dict[str, Any]:
@@ -221,6 +223,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_checkpoint: str | None = None
         self.status: RunStatus | None = None  # how training ended, once it has
+        self.saved_epochs = 0  # epochs in last.pt: what a resume would start from
+        self.checkpoint_bytes: int | None = None  # for the message of a failed checkpoint write
 
     def build_model(self) -> torch.nn.Module:
         config = self.config
@@ -376,7 +380,8 @@ class Trainer:
     def save_epoch(self) -> None:
         """Best checkpoint (already written), then last (which names it), then history, then status:
         a crash between any two leaves a state that resumes to the same result."""
-        _save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, self.checkpoint_state())
+        _save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, self.checkpoint_state(), self.checkpoint_bytes)
+        self.saved_epochs = self.epoch
         self.remove_stale_best_checkpoints()
         rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
         rundir.write_status(self.run_dir, self.progress_status())
@@ -452,6 +457,7 @@ class Trainer:
             ) from error
         self.early_stopping = EarlyStopping(**state["early_stopping"])
         self.history = list(state["history"])
+        self.saved_epochs = len(self.history)
         self.best_checkpoint = state["best_checkpoint"]
         self.status = RunStatus(*state["stop"]) if state["stop"] else None
         torch.set_rng_state(state["rng"]["torch"])
@@ -471,10 +477,22 @@ class Trainer:
             metrics["best"] = _metrics(last, self.epoch)  # the best checkpoint is the last model
         elif self.best_checkpoint:
             best_model = self.build_model()
-            best_model.load_state_dict(load_checkpoint_file(self.run_dir / self.best_checkpoint)["model"])
-            best = self.evaluate(test, best_model)
-            metrics["best"] = _metrics(best, self.early_stopping.best_epoch)
-            last = last or best  # a diverged run's per-class table comes from its best model
+            try:
+                best_model.load_state_dict(load_checkpoint_file(self.run_dir / self.best_checkpoint)["model"])
+            except (CheckpointError, RuntimeError) as error:  # deleted or damaged: the last model still counts
+                _log(
+                    f"[{self.config.run_id}] the best-validation model is unavailable ({error}); "
+                    "its test score is left empty",
+                    self.config.quiet,
+                )
+                self.status = RunStatus(
+                    self.status.state,
+                    f"{self.status.reason}; best-validation checkpoint {self.best_checkpoint} unavailable",
+                )
+            else:
+                best = self.evaluate(test, best_model)
+                metrics["best"] = _metrics(best, self.early_stopping.best_epoch)
+                last = last or best  # a diverged run's per-class table comes from its best model
         rundir.write_json(self.run_dir / rundir.TEST_METRICS_FILE, metrics)
         if last is not None:
             rows = [
@@ -511,53 +529,62 @@ class Trainer:
 def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
     """Train (or resume, or skip) the run ``config`` describes; returns the run directory, read back.
 
-    A finished run (complete, early-stopped, diverged) is skipped unless ``force``; a run with a
-    checkpoint continues from its last completed epoch; ``force`` starts over. Everything that
-    can fail (device, data, model) is checked before ``force`` removes the old files.
+    A finished run (complete, early-stopped, diverged) whose files agree is skipped unless
+    ``force``; a run with a checkpoint continues from its last completed epoch (which also
+    repairs a finished run's damaged or missing files); ``force`` starts over. Everything that
+    can fail (device, results folder, memory, data, model) is checked before ``force`` removes
+    the old files, and the whole run holds the run's lock: a second process is refused.
     """
     run_dir = config.run_dir()
-    status = rundir.read_status(run_dir)
-    if status is not None and status.finished and not force:
-        _log(
-            f"[{config.run_id}] already {status.state} ({status.reason}); skipping (force=True reruns it)", config.quiet
-        )
-        return rundir.read_run(run_dir)
-
     device = resolve_device(config.device)
-    configure_determinism(config.deterministic, device)
-    data = load_dataset(
-        config.dataset,
-        config.data_dir,
-        config.seed,
-        config.val_fraction,
-        config.train_subset,
-        config.val_subset,
-        config.test_subset,
-    ).to(device)
-    trainer = Trainer(config, data, device, run_dir)
-    if force and run_dir.exists():
-        for path in run_dir.iterdir():
-            if path.is_file():
-                path.unlink()
-    trainer.start()
-    try:
-        status = trainer.run()
-    except KeyboardInterrupt:
-        rundir.write_status(
-            run_dir, RunStatus("failed", f"interrupted after epoch {trainer.epoch}; run again to resume")
-        )
-        raise
-    except Exception as error:
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        rundir.write_status(
-            run_dir,
-            RunStatus(
-                "failed", f"{type(error).__name__}: {first_line} (after epoch {trainer.epoch}; run again to resume)"
-            ),
-        )
-        raise
-    rundir.write_status(run_dir, status)
-    result = rundir.read_run(run_dir)
+    preflight.check_writable(config.results_dir)
+    with RunLock(run_dir):
+        check = rundir.check_run(run_dir, probe_lock=False)
+        if check.action == "skip: finished" and not force:
+            _log(f"[{config.run_id}] already {check.state}; skipping (force=True reruns it)", config.quiet)
+            return rundir.read_run(run_dir)
+        if check.action.startswith("cannot resume") and not force:
+            raise CheckpointError(
+                f"run {config.run_id} cannot resume ({'; '.join(check.problems) or check.state}); "
+                "rerun with --force to start over"
+            )
+        for problem in check.problems:
+            _log(f"[{config.run_id}] {problem}; repairing from the checkpoint", config.quiet)
+        estimate = _memory_estimate(config, device)
+        preflight.check_memory(estimate, device)
+        configure_determinism(config.deterministic, device)
+        data = load_dataset(
+            config.dataset,
+            config.data_dir,
+            config.seed,
+            config.val_fraction,
+            config.train_subset,
+            config.val_subset,
+            config.test_subset,
+        ).to(device)
+        trainer = Trainer(config, data, device, run_dir)
+        trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
+        if force:  # only now: a bad flag or missing data above has not cost the old files
+            for path in run_dir.iterdir():
+                if path.is_file() and path.name != LOCK_FILE:
+                    path.unlink()
+        rundir.remove_temporary_files(run_dir)
+        preflight.check_disk_space(run_dir, preflight.disk_bytes_needed(estimate, run_dir), estimate)
+        try:
+            trainer.start()
+            status = trainer.run()
+        except KeyboardInterrupt:
+            _record_failure(run_dir, f"interrupted after epoch {trainer.saved_epochs}; run again to resume")
+            raise
+        except Exception as error:
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            _record_failure(
+                run_dir,
+                f"{type(error).__name__}: {first_line} (after epoch {trainer.saved_epochs}; run again to resume)",
+            )
+            raise
+        rundir.write_status(run_dir, status)
+        result = rundir.read_run(run_dir)
     last = (result.test_metrics or {}).get("last")
     _log(
         f"[{config.run_id}] {status.state}: {status.reason}; test top-1 (last model) "
@@ -565,3 +592,32 @@ def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
         config.quiet,
     )
     return result
+
+
+def _record_failure(run_dir: Path, reason: str) -> None:
+    """Write a "failed" status if the disk lets us; the error being raised matters more."""
+    try:
+        rundir.write_status(run_dir, RunStatus("failed", reason))
+    except rundir.RunFileError:
+        pass
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_estimate(arch, width, num_classes, image_size, batch_size, model_options, optimizer, precision):
+    return preflight.estimate_training_memory(
+        arch, width, num_classes, image_size, batch_size, dict(model_options), optimizer, precision
+    )
+
+
+def _memory_estimate(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Memory of one training step of ``config`` (hrsnet.preflight), cached: it takes about a second."""
+    return _cached_estimate(
+        config.arch,
+        config.width,
+        DATASET_CLASSES[config.dataset],
+        config.image_size,
+        config.batch_size,
+        config.model_options,
+        config.optimizer,
+        resolve_precision(config.precision, device),
+    )

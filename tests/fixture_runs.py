@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def write_fixture_run(
         run_dir / rundir.CONFIG_FILE,
         {
             "run_id": config.run_id,
-            "train": {"arch": config.arch, "width": config.width, "image_size": config.image_size},
+            "train": dataclasses.asdict(config),
             "model": {},
             "parameters": 10_000_000 + 1000 * config.width,
             "dataset": {"name": config.dataset, "num_classes": num_classes},

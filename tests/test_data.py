@@ -32,8 +32,45 @@ def test_cifar100_loads_through_torchvision(cifar_checksums):
 
 def test_cifar100_checksum_check_is_kept(cifar_fixture_dir):
     root, _ = cifar_fixture_dir  # fixture files, real (unpatched) MD5 sums: they must not pass
-    with pytest.raises(DataNotFoundError, match="failed its checksum"):
+    with pytest.raises(DataNotFoundError, match="train, test, meta failed the MD5 checksum"):
         load_dataset("cifar100", root, download=False)
+
+
+def _copy_fixture(cifar_checksums, tmp_path):
+    import shutil
+
+    shutil.copytree(cifar_checksums / "cifar-100-python", tmp_path / "cifar-100-python")
+    return tmp_path / "cifar-100-python"
+
+
+def test_damaged_cifar100_says_which_file_and_how(cifar_checksums, tmp_path):
+    """Truncated, missing or unreadable files each get their own one-line message, not "not found"."""
+    folder = _copy_fixture(cifar_checksums, tmp_path)
+    data_bytes = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(data_bytes[: len(data_bytes) // 2])
+    with pytest.raises(DataNotFoundError, match=r"damaged in .*: train failed the MD5 checksum \(truncated"):
+        load_dataset("cifar100", tmp_path)
+    (folder / "train").unlink()
+    with pytest.raises(DataNotFoundError, match=r"incomplete in .*: train missing"):
+        load_dataset("cifar100", tmp_path)
+
+
+def test_unreadable_cifar100_that_passes_its_checksum(cifar_checksums, tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR100
+
+    folder = _copy_fixture(cifar_checksums, tmp_path)
+    (folder / "train").write_bytes(b"not a pickle")
+    import hashlib
+
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", hashlib.md5(b"not a pickle").hexdigest()]])
+    with pytest.raises(DataNotFoundError, match="is unreadable \\(UnpicklingError"):
+        load_dataset("cifar100", tmp_path)
+
+
+def test_a_missing_data_dir_is_not_created(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        load_dataset("cifar100", tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_missing_cifar100_offline_is_one_clear_line(tmp_path, monkeypatch):
@@ -44,10 +81,10 @@ def test_missing_cifar100_offline_is_one_clear_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", no_network)
     with pytest.raises(DataNotFoundError) as error:
-        load_dataset("cifar100", tmp_path / "nothing-here")
+        load_dataset("cifar100", tmp_path)
     message = str(error.value)
     assert "\n" not in message and "URLError" in message
-    assert "cifar-100-python" in message and str(tmp_path / "nothing-here") in message and "HRSNET_DATA" in message
+    assert "cifar-100-python" in message and str(tmp_path) in message and "HRSNET_DATA" in message
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):

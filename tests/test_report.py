@@ -1,9 +1,12 @@
 """Profiles, figures, notebooks and run_all.sh: the report end to end."""
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -12,8 +15,9 @@ import pytest
 import torch
 from fixture_runs import write_fixture_run
 
-from hrsnet import experiments, plots
+from hrsnet import experiments, plots, rundir
 from hrsnet.__main__ import main
+from hrsnet.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_STEMS = [
@@ -77,8 +81,17 @@ def test_runs_command_lists_pending_runs(tmp_path, capsys):
     assert main(["runs", "--profile", "smoke", "--results-dir", str(tmp_path), "--pending"]) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith("profile: smoke")
-    listed = [line.split("\t")[0] for line in captured.out.splitlines()]
-    assert listed == [run.run_id for run in smoke[1:]]
+    rows = [line.split("\t") for line in captured.out.splitlines()]
+    assert [row[1] for row in rows] == [run.run_id for run in smoke[1:]]
+    assert [row[0] for row in rows] == ["1", "2"] and {row[-1] for row in rows} == {"start"}
+    assert main(["runs", "--profile", "smoke", "--results-dir", str(tmp_path), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(row["index"], row["state"], row["action"]) for row in listed] == [
+        (0, "complete", "skip: finished"),
+        (1, "new", "start"),
+        (2, "new", "start"),
+    ]
+    assert set(listed[0]) == {"index", "run_id", "arch", "width", "seed", "state", "action"}
 
 
 @pytest.fixture
@@ -221,11 +234,52 @@ def test_run_all_bad_arguments(args, message, tmp_path):
     assert result.returncode != 0 and message in result.stderr
 
 
+def _interrupt_run_all_in_its_first_run(args, run_dir):
+    """Start run_all.sh in its own process group; once its first run has a completed epoch, press
+    Ctrl-C (SIGINT to the group, as a terminal does). Returns the finished process and its output."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    process = subprocess.Popen(
+        [str(REPO / "run_all.sh"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    history = run_dir / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "run_all.sh ended before it could be interrupted"
+    interrupted_at = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr, time.monotonic() - interrupted_at
+
+
 @pytest.mark.slow
 def test_run_all_smoke_end_to_end(tmp_path):
+    """Interrupted by Ctrl-C in its first run, run_all.sh stops at once (exit 130) and says how to
+    resume; the same command then finishes every run, that one with an uninterrupted history."""
     results, figures = tmp_path / "results", tmp_path / "figures"
-    result = _run_all("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
+    args = ("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
+    first = experiments.profile_runs("smoke", results)[0]
+    code, stdout, stderr, seconds = _interrupt_run_all_in_its_first_run(args, first.run_dir())
+    assert code == 130, stdout + stderr
+    assert "run the same ./run_all.sh command again to resume" in stderr and "[figures]" not in stdout
+    assert "[train 2/" not in stdout and "ZMQError" not in stdout + stderr
+    assert rundir.read_status(first.run_dir()).state in ("failed", "running")
+
+    result = _run_all(*args)
     assert result.returncode == 0, result.stdout + result.stderr
+    reference = fit(dataclasses.replace(first, results_dir=str(tmp_path / "reference")))
+    resumed = rundir.read_history(first.run_dir())
+    assert len(resumed) == len(reference.history)
+    for column in ("train_loss", "val_loss", "val_acc"):
+        assert (resumed[column] - reference.history[column]).abs().max() <= 1e-6, column
     assert result.stdout.splitlines()[0] == "profile: smoke (asked for)"
     for stem in FIGURE_STEMS:
         assert (figures / "smoke" / f"{stem}.png").stat().st_size > 5000

@@ -373,18 +373,29 @@ def _train_command(results_dir):
     ]
 
 
-@pytest.mark.slow
-def test_killed_subprocess_resumes_to_the_same_history(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    reference = subprocess.run(_train_command(tmp_path / "reference"), env=env, capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted run of _train_command, for the kill and interrupt tests to match."""
+    root = tmp_path_factory.mktemp("reference")
+    reference = subprocess.run(_train_command(root), env=_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
-    reference_dir = next((tmp_path / "reference" / "runs").iterdir())
+    return next((root / "runs").iterdir())
 
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_or_interrupted_train_resumes_to_the_same_history(tmp_path, reference_run, signum):
+    """SIGKILL leaves the run "running" at its last epoch; Ctrl-C (SIGINT) marks it interrupted,
+    says how to resume and exits 130. Either way, the same command finishes the same history."""
     killed_root = tmp_path / "killed"
     process = subprocess.Popen(
-        _train_command(killed_root), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_command(killed_root), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    history = killed_root / "runs" / reference_dir.name / "history.csv"
+    history = killed_root / "runs" / reference_run.name / "history.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 written
@@ -392,19 +403,25 @@ def test_killed_subprocess_resumes_to_the_same_history(tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)  # into epoch 2 (an epoch takes seconds)
     assert process.poll() is None, "the run finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, signum)
+    _, stderr = process.communicate(timeout=60)
     interrupted = read_history(history.parent)
-    assert 1 <= len(interrupted) < 3 and rundir.read_status(history.parent).state == "running"
+    status = rundir.read_status(history.parent)
+    assert 1 <= len(interrupted) < 3
+    if signum == signal.SIGINT:
+        assert process.returncode == 130 and "run the same command again to resume" in stderr
+        assert status.state == "failed" and f"interrupted after epoch {len(interrupted)}" in status.reason
+    else:
+        assert status.state == "running"
 
-    resumed = subprocess.run(_train_command(killed_root), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(_train_command(killed_root), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    expected, actual = read_history(reference_dir), read_history(history.parent)
+    expected, actual = read_history(reference_run), read_history(history.parent)
     assert len(actual) == len(expected) == 3
     for want, got in zip(expected, actual):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert abs(float(want[column]) - float(got[column])) <= 1e-6, (column, want, got)
-    assert json.loads((reference_dir / "test_metrics.json").read_text()) == json.loads(
+    assert json.loads((reference_run / "test_metrics.json").read_text()) == json.loads(
         (history.parent / "test_metrics.json").read_text()
     )
 
