@@ -80,9 +80,6 @@ papermill() {  # papermill INPUT OUTPUT [params...]: notebooks run from notebook
 
 started=$SECONDS
 notebooks_ok=1
-echo "[architecture] notebooks/00_architecture.ipynb"
-papermill notebooks/00_architecture.ipynb "$notebook_dir/00_architecture.ipynb" >/dev/null 2>"$notebook_dir/00_architecture.log" \
-    || { notebooks_ok=0; echo "  failed: see $notebook_dir/00_architecture.log" >&2; }
 
 failed=()
 total=$(echo -n "$runs" | grep -c . || true)
@@ -112,6 +109,10 @@ while IFS=$'\t' read -r _ run_id arch width seed state action; do
     fi
 done <<< "$runs"
 
+# After the training: an interrupted run_all.sh has not spent its time on the tables yet.
+echo "[architecture] notebooks/00_architecture.ipynb"
+papermill notebooks/00_architecture.ipynb "$notebook_dir/00_architecture.ipynb" >/dev/null 2>"$notebook_dir/00_architecture.log" \
+    || { notebooks_ok=0; echo "  failed: see $notebook_dir/00_architecture.log" >&2; }
 echo "[figures] notebooks/02_figures.ipynb"
 papermill notebooks/02_figures.ipynb "$notebook_dir/02_figures.ipynb" -p profile "$resolved" \
     -p results_dir "$results_dir" -p figures_dir "$figures_dir" "${data_params[@]}" \

@@ -60,7 +60,11 @@ PEAK_BF16_TFLOPS = [
 ]
 TIMM_PEER = "timm:hrnet_w18"
 # (train, validation, test) images of each dataset's full splits, for time estimates.
-FULL_SPLIT_SIZES = {"cifar100": (40_000, 10_000, 10_000), "digits": (1150, 288, 359)}
+FULL_SPLIT_SIZES = {
+    "cifar100": (40_000, 10_000, 10_000),
+    "synthetic": (40_000, 10_000, 10_000),
+    "digits": (1150, 288, 359),
+}
 NUM_CLASSES = 100
 
 

@@ -5,6 +5,8 @@ Facts only, read off the sources (../shared/paper-facts.md); nothing here is com
 
 from __future__ import annotations
 
+import functools
+
 from .models import list_models, summary
 from .models.summary import head_parameters
 
@@ -40,8 +42,13 @@ def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, nu
     """One row per network and width: parameters, FLOPs, and the claim they should be read beside."""
     import pandas as pd
 
+    return pd.DataFrame(_architecture_rows(tuple(names or list_models()), tuple(widths), image_size, num_classes))
+
+
+@functools.cache  # about a second per network and width; the figures and the statistics ask again
+def _architecture_rows(names: tuple[str, ...], widths: tuple[int, ...], image_size: int, num_classes: int):
     rows = []
-    for name in names or list_models():
+    for name in names:
         for width in widths:
             result = summary(name, width, image_size, num_classes)
             rows.append(
@@ -55,7 +62,7 @@ def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, nu
                     "claimed": CLAIMED_PARAMETERS.get(name, ""),
                 }
             )
-    return pd.DataFrame(rows)
+    return tuple(rows)
 
 
 def claim_finding(table, num_classes: int = 100) -> str:

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import rundir
+from . import data, rundir, stats
 from .models import PRESETS
 from .paper import RELEASED_NOTEBOOK_RESULTS, is_paper_setting
 from .rundir import Run
 from .tables import markdown_table
 
 NETWORK_LABELS = {name: preset.label for name, preset in PRESETS.items()}  # in report order
-DATASET_LABELS = {"cifar100": "CIFAR-100", "digits": "sklearn digits (not CIFAR-100)"}
+DATASET_LABELS = data.DATASET_LABELS
 PALETTE = sns.color_palette("colorblind")
 NETWORK_COLORS = {"hrnet": PALETTE[0], "hrsnet": PALETTE[1], "hrnet_official": PALETTE[2]}
 WIDTH_STYLES = ["-", "--", ":", "-."]
@@ -396,6 +396,13 @@ class FigureReport:
     figures: list[Path]
     table: pd.DataFrame
     collection: RunCollection
+    statistics: dict[str, Path] = field(default_factory=dict)  # hrsnet.stats.write_statistics's files
+
+    @property
+    def claims_markdown(self) -> str:
+        """The claims table (hrsnet.stats): each claim of the report, its statistic, interval and verdict."""
+        path = self.statistics.get("claims.md")
+        return path.read_text() if path else ""
 
     @property
     def markdown(self) -> str:
@@ -448,7 +455,8 @@ def make_all_figures(
             "unreadable": {run.run_id: why for run, why in collection.unreadable},
         },
     )
-    return FigureReport(figures, table, collection)
+    statistics = stats.write_statistics(collection.runs, out)
+    return FigureReport(figures, table, collection, statistics)
 
 
 def plot_run_curves(run_dir: str | Path) -> plt.Figure:

@@ -28,10 +28,12 @@ import pandas as pd
 from scipy import stats
 
 from . import rundir
+from .models import list_models
+from .paper import CLAIMED_MILLIONS, architecture_table
 from .tables import markdown_table
 
 CONFIDENCE = 0.95
-NETWORK_ORDER = ("hrnet_official", "hrnet", "hrsnet")
+NETWORK_ORDER = tuple(list_models())
 NETWORK_NAMES = {"hrnet_official": "original HRNet", "hrnet": "HRNet", "hrsnet": "HRSNet"}
 # run_table's metric columns, in words.
 METRICS = {
@@ -46,7 +48,7 @@ METRICS = {
 ACCURACY_METRICS = ("top1_last", "top5_last", "top1_best", "top5_best")
 # Paired comparisons (a, b): the difference a - b per seed.
 COMPARISONS = (("hrsnet", "hrnet"), ("hrnet", "hrnet_official"))
-CLAIMED_PARAMETERS_M = {"hrnet": 13.0, "hrsnet": 43.0}
+CLAIMED_PARAMETERS_M = CLAIMED_MILLIONS
 PARAMETER_TOLERANCE = 0.15
 MIN_SLOPE_EPOCHS = 2
 
@@ -537,10 +539,6 @@ def _claim_accuracy(finished: pd.DataFrame) -> dict[str, Any]:
 
 def _architecture_table() -> pd.DataFrame:
     """Our parameter counts for HRNet and HRSNet at C in {2, 18, 30} (models on the meta device: no memory)."""
-    try:
-        from .paper import architecture_table
-    except ImportError:  # the table's home before hrsnet.paper existed
-        from .models.summary import architecture_table
     return architecture_table(("hrnet", "hrsnet"))
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import preflight, rundir
 from .config import TrainConfig
-from .data import DATASET_CLASSES, DatasetSplits, Split, load_dataset, preprocess
+from .data import DATASET_CLASSES, DATASET_LABELS, DatasetSplits, Split, load_dataset, preprocess
 from .evaluate import EvalResult, evaluate
 from .models import create_model
 from .rundir import RunStatus
@@ -403,6 +403,7 @@ class Trainer:
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dataset": {
                     "name": data.name,
+                    "label": DATASET_LABELS[data.name],
                     "num_classes": data.num_classes,
                     "train_size": len(data.train),
                     "val_size": len(data.val),

@@ -175,3 +175,22 @@ def test_fixture_writer_uses_real_format(tmp_path):
         train = pickle.load(handle, encoding="latin1")
     assert set(train) >= {"data", "fine_labels", "coarse_labels", "filenames"}
     assert train["data"].dtype == np.uint8 and train["data"].shape == (100, 3072)
+
+
+def test_synthetic_dataset_has_cifar_shapes_and_learnable_classes():
+    train_x, train_y, test_x, test_y, classes = data.load_synthetic_arrays((2000, 500))
+    assert train_x.shape == (2000, 32, 32, 3) and train_x.dtype == np.uint8 and len(classes) == 100
+    assert test_x.shape == (500, 32, 32, 3) and set(np.unique(train_y)) <= set(range(100))
+    again = data.load_synthetic_arrays((2000, 500))
+    assert np.array_equal(again[0], train_x) and np.array_equal(again[3], test_y)  # generated from a fixed seed
+    # Class structure: the nearest class mean (of the training images) labels test images far above chance.
+    features = lambda x: x.reshape(len(x), 4, 8, 4, 8, 3).mean(axis=(2, 4)).reshape(len(x), -1)  # noqa: E731
+    means = np.stack([features(train_x[train_y == c]).mean(axis=0) for c in range(100)])
+    distances = ((features(test_x)[:, None, :] - means[None]) ** 2).sum(-1)
+    assert (distances.argmin(axis=1) == test_y).mean() > 0.2  # chance is 0.01
+
+
+def test_synthetic_dataset_splits_like_cifar100():
+    splits = load_dataset("synthetic", seed=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (40_000, 10_000, 10_000)
+    assert splits.num_classes == 100 and data.DATASET_LABELS["synthetic"] == "synthetic (not CIFAR-100)"
