@@ -13,7 +13,7 @@ Creates .venv (pip, from pyproject.toml) first if no active environment has the 
 
   --profile      auto (default): paper when a CUDA GPU is visible, else quick
                  paper: CIFAR-100, 224x224, the released notebooks' protocol, 9 runs (GPU hours)
-                 quick: offline digits at 32x32, 6 runs, about 7 minutes on 2 CPU cores
+                 quick: offline digits at 32x32, 6 runs, about 9 minutes on 2 CPU cores
                  smoke: 3 tiny runs, about a minute (a plumbing check)
   --force        rerun finished runs from scratch
   --only X       only the runs whose run id or network (hrnet_official, hrnet, hrsnet) is X

@@ -42,7 +42,7 @@ PROFILES: dict[str, Profile] = {
         "a CPU-sized version: offline digits (or CIFAR-100 if its files are present) at 32x32, "
         "288 training images, batch 16, at most 6 epochs, early stopping (patience 2); "
         "3 networks x C in {2, 8}",
-        "6 runs, about 7 minutes on 2 CPU cores",
+        "6 runs, about 9 minutes on 2 CPU cores",
         widths=(2, 8),
         # Batch 16 as in the paper: 18 steps an epoch. Fewer steps leave BatchNorm's running
         # statistics so far behind that the (eval-mode) validation loss spikes and patience 2

@@ -17,6 +17,7 @@ from fixture_runs import write_fixture_run
 
 from hrsnet import experiments, plots, rundir
 from hrsnet.__main__ import main
+from hrsnet.runlock import lock_state
 from hrsnet.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,9 +235,9 @@ def test_run_all_bad_arguments(args, message, tmp_path):
     assert result.returncode != 0 and message in result.stderr
 
 
-def _interrupt_run_all_in_its_first_run(args, run_dir):
-    """Start run_all.sh in its own process group; once its first run has a completed epoch, press
-    Ctrl-C (SIGINT to the group, as a terminal does). Returns the finished process and its output."""
+def _signal_run_all_during(args, run_dir, signum):
+    """Start run_all.sh in its own process group; once ``run_dir`` has a completed epoch, send
+    ``signum`` to the group (SIGINT: Ctrl-C in a terminal). Returns (exit code, stdout, stderr)."""
     env = {**os.environ, "PYTHON": sys.executable}
     process = subprocess.Popen(
         [str(REPO / "run_all.sh"), *args],
@@ -253,33 +254,42 @@ def _interrupt_run_all_in_its_first_run(args, run_dir):
         if history.exists() and len(history.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
-    assert process.poll() is None, "run_all.sh ended before it could be interrupted"
-    interrupted_at = time.monotonic()
-    os.killpg(process.pid, signal.SIGINT)
+    assert process.poll() is None, "run_all.sh ended before it could be signalled"
+    os.killpg(process.pid, signum)
     stdout, stderr = process.communicate(timeout=120)
-    return process.returncode, stdout, stderr, time.monotonic() - interrupted_at
+    # The kernel runs in a session of its own: after a SIGKILL it exits once it sees its parent
+    # gone (ipykernel polls every second), and only then is the run's lock free.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and lock_state(run_dir) == "held":
+        time.sleep(0.1)
+    return process.returncode, stdout, stderr
 
 
 @pytest.mark.slow
 def test_run_all_smoke_end_to_end(tmp_path):
-    """Interrupted by Ctrl-C in its first run, run_all.sh stops at once (exit 130) and says how to
-    resume; the same command then finishes every run, that one with an uninterrupted history."""
+    """Killed (SIGKILL to its process group) in its first run, then interrupted by Ctrl-C in its
+    second, run_all.sh loses nothing: Ctrl-C stops it at once (exit 130) and says how to resume,
+    and the same command then finishes every run, those two with an uninterrupted history."""
     results, figures = tmp_path / "results", tmp_path / "figures"
     args = ("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
-    first = experiments.profile_runs("smoke", results)[0]
-    code, stdout, stderr, seconds = _interrupt_run_all_in_its_first_run(args, first.run_dir())
+    first, second, _ = experiments.profile_runs("smoke", results)
+    code, stdout, stderr = _signal_run_all_during(args, first.run_dir(), signal.SIGKILL)
+    assert code == -signal.SIGKILL and rundir.read_status(first.run_dir()).state == "running"
+
+    code, stdout, stderr = _signal_run_all_during(args, second.run_dir(), signal.SIGINT)
     assert code == 130, stdout + stderr
     assert "run the same ./run_all.sh command again to resume" in stderr and "[figures]" not in stdout
-    assert "[train 2/" not in stdout and "ZMQError" not in stdout + stderr
-    assert rundir.read_status(first.run_dir()).state in ("failed", "running")
+    assert "[train 3/" not in stdout and "ZMQError" not in stdout + stderr
+    assert "interrupted after epoch 1" in rundir.read_status(second.run_dir()).reason
 
     result = _run_all(*args)
     assert result.returncode == 0, result.stdout + result.stderr
-    reference = fit(dataclasses.replace(first, results_dir=str(tmp_path / "reference")))
-    resumed = rundir.read_history(first.run_dir())
-    assert len(resumed) == len(reference.history)
-    for column in ("train_loss", "val_loss", "val_acc"):
-        assert (resumed[column] - reference.history[column]).abs().max() <= 1e-6, column
+    for interrupted in (first, second):
+        reference = fit(dataclasses.replace(interrupted, results_dir=str(tmp_path / "reference")))
+        resumed = rundir.read_history(interrupted.run_dir())
+        assert len(resumed) == len(reference.history)
+        for column in ("train_loss", "val_loss", "val_acc"):
+            assert (resumed[column] - reference.history[column]).abs().max() <= 1e-6, column
     assert result.stdout.splitlines()[0] == "profile: smoke (asked for)"
     for stem in FIGURE_STEMS:
         assert (figures / "smoke" / f"{stem}.png").stat().st_size > 5000

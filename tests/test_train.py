@@ -373,56 +373,56 @@ def _train_command(results_dir):
     ]
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted run of _train_command, for the kill and interrupt tests to match."""
-    root = tmp_path_factory.mktemp("reference")
-    reference = subprocess.run(_train_command(root), env=_env(), capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr
-    return next((root / "runs").iterdir())
-
-
 def _env():
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_killed_or_interrupted_train_resumes_to_the_same_history(tmp_path, reference_run, signum):
-    """SIGKILL leaves the run "running" at its last epoch; Ctrl-C (SIGINT) marks it interrupted,
-    says how to resume and exits 130. Either way, the same command finishes the same history."""
-    killed_root = tmp_path / "killed"
-    process = subprocess.Popen(
-        _train_command(killed_root), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    history = killed_root / "runs" / reference_run.name / "history.csv"
+def _signal_during_epoch(command, history, epochs_done, signum):
+    """Start ``command``; once history.csv has ``epochs_done`` epochs, wait into the next and send ``signum``."""
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 written
+        if history.exists() and len(history.read_text().splitlines()) >= epochs_done + 1:
             break
         time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2 (an epoch takes seconds)
-    assert process.poll() is None, "the run finished before it could be killed"
+    time.sleep(0.5)  # into the next epoch (an epoch takes seconds)
+    assert process.poll() is None, "the run finished before it could be signalled"
     os.kill(process.pid, signum)
     _, stderr = process.communicate(timeout=60)
-    interrupted = read_history(history.parent)
-    status = rundir.read_status(history.parent)
-    assert 1 <= len(interrupted) < 3
-    if signum == signal.SIGINT:
-        assert process.returncode == 130 and "run the same command again to resume" in stderr
-        assert status.state == "failed" and f"interrupted after epoch {len(interrupted)}" in status.reason
-    else:
-        assert status.state == "running"
+    return process.returncode, stderr
 
-    resumed = subprocess.run(_train_command(killed_root), env=_env(), capture_output=True, text=True)
+
+@pytest.mark.slow
+def test_killed_then_interrupted_train_resumes_to_the_same_history(tmp_path):
+    """SIGKILL in epoch 2 leaves the run "running" after epoch 1; the same command resumes it, and
+    Ctrl-C (SIGINT) in epoch 3 marks it interrupted after epoch 2, says how to resume and exits 130;
+    the same command then ends with the history and test metrics of an uninterrupted run."""
+    reference = subprocess.run(_train_command(tmp_path / "reference"), env=_env(), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    reference_dir = next((tmp_path / "reference" / "runs").iterdir())
+    command = _train_command(tmp_path / "killed")
+    run_dir = tmp_path / "killed" / "runs" / reference_dir.name
+    history = run_dir / "history.csv"
+
+    code, _ = _signal_during_epoch(command, history, 1, signal.SIGKILL)
+    assert code == -signal.SIGKILL and len(read_history(run_dir)) == 1
+    assert rundir.read_status(run_dir).state == "running"
+
+    code, stderr = _signal_during_epoch(command, history, 2, signal.SIGINT)
+    assert code == 130 and "run the same command again to resume" in stderr
+    status = rundir.read_status(run_dir)
+    assert len(read_history(run_dir)) == 2
+    assert status.state == "failed" and "interrupted after epoch 2" in status.reason
+
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    expected, actual = read_history(reference_run), read_history(history.parent)
+    expected, actual = read_history(reference_dir), read_history(run_dir)
     assert len(actual) == len(expected) == 3
     for want, got in zip(expected, actual):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert abs(float(want[column]) - float(got[column])) <= 1e-6, (column, want, got)
-    assert json.loads((reference_run / "test_metrics.json").read_text()) == json.loads(
-        (history.parent / "test_metrics.json").read_text()
+    assert json.loads((reference_dir / "test_metrics.json").read_text()) == json.loads(
+        (run_dir / "test_metrics.json").read_text()
     )
 
 
