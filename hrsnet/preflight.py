@@ -192,7 +192,7 @@ def estimate_training_memory(
     equal the meta figure (tests/test_preflight.py).
 
     ``model_options`` are HRNetConfig overrides: a dict, or (key, value) pairs as in
-    TrainConfig.model_options. ``precision`` is the resolved one (devices.resolve_precision).
+    TrainConfig.model_options. ``precision`` is the resolved one (runtime.resolve_precision).
 
     Measured on 2 shared, busy CPU cores (torch 2.14), width 2, 18 or 30 at 224x224, batch 16:
     0.45 to 0.9 s per call, plus about 3 s once per process for torch's meta kernels (the

@@ -275,7 +275,7 @@ def test_estimate_argument_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to measure the real peak")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_estimate_is_within_a_factor_of_two_of_the_cuda_peak(precision):
-    from hrsnet.devices import autocast_context
+    from hrsnet.runtime import autocast_context
 
     device = torch.device("cuda")
     torch.cuda.empty_cache()
