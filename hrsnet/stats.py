@@ -441,25 +441,37 @@ def _claim_gap_closes(finished: pd.DataFrame) -> dict[str, Any]:
     )
 
 
-def _claim_preactivation(finished: pd.DataFrame) -> dict[str, Any]:
-    claim, unit = "The pre-activated HRNet reaches a lower training loss than the original", "loss"
-    widths = _common_widths(finished, "hrnet", "hrnet_official")
-    statistic = f"per seed, mean over C in {_widths_text(widths)} of final training loss, HRNet - original HRNet"
-    matrix = _seed_matrix(finished, "hrnet", "hrnet_official", "final_train_loss", widths)
+def _claim_mean_over_widths(
+    finished: pd.DataFrame, claim: str, a: str, b: str, metric: str, what: str, unit: str, lower_is_claimed: bool
+) -> dict[str, Any]:
+    """A claim decided by, per seed, the mean over the shared C of ``metric`` of ``a`` minus ``b``."""
+    widths = _common_widths(finished, a, b)
+    statistic = f"per seed, mean over C in {_widths_text(widths)} of {what}, {NETWORK_NAMES[a]} - {NETWORK_NAMES[b]}"
+    matrix = _seed_matrix(finished, a, b, metric, widths)
     ci = mean_ci(matrix.mean(axis=1)) if widths else None
+    claimed, opposite = ("below", "above") if lower_is_claimed else ("above", "below")
     note = (
-        "supported if the interval is below 0, contradicted if above; a seed counts only with every C"
+        f"supported if the interval is {claimed} 0, contradicted if {opposite}; a seed counts only with every C"
         if widths
         else "no C with finished runs of both networks"
     )
+    below, above = (ci is not None and _below(ci)), (ci is not None and _above(ci))
+    supported, contradicted = (below, above) if lower_is_claimed else (above, below)
     return _claim(
-        claim,
-        statistic,
-        unit,
-        ci,
-        ci is not None and _below(ci),
-        ci is not None and _above(ci),
-        note + _left_out(finished, ("hrnet", "hrnet_official"), widths, matrix.index),
+        claim, statistic, unit, ci, supported, contradicted, note + _left_out(finished, (a, b), widths, matrix.index)
+    )
+
+
+def _claim_preactivation(finished: pd.DataFrame) -> dict[str, Any]:
+    return _claim_mean_over_widths(
+        finished,
+        "The pre-activated HRNet reaches a lower training loss than the original",
+        "hrnet",
+        "hrnet_official",
+        "final_train_loss",
+        "final training loss",
+        "loss",
+        lower_is_claimed=True,
     )
 
 
@@ -516,24 +528,15 @@ def _claim_overfitting(runs: list[Any], finished: pd.DataFrame) -> dict[str, Any
 
 
 def _claim_accuracy(finished: pd.DataFrame) -> dict[str, Any]:
-    claim, unit = "HRSNet is more accurate than HRNet", "accuracy (fraction)"
-    widths = _common_widths(finished, "hrsnet", "hrnet")
-    statistic = f"per seed, mean over C in {_widths_text(widths)} of test top-1 (last-epoch model), HRSNet - HRNet"
-    matrix = _seed_matrix(finished, "hrsnet", "hrnet", "top1_last", widths)
-    ci = mean_ci(matrix.mean(axis=1)) if widths else None
-    note = (
-        "supported if the interval is above 0, contradicted if below; a seed counts only with every C"
-        if widths
-        else "no C with finished runs of both networks"
-    )
-    return _claim(
-        claim,
-        statistic,
-        unit,
-        ci,
-        ci is not None and _above(ci),
-        ci is not None and _below(ci),
-        note + _left_out(finished, ("hrsnet", "hrnet"), widths, matrix.index),
+    return _claim_mean_over_widths(
+        finished,
+        "HRSNet is more accurate than HRNet",
+        "hrsnet",
+        "hrnet",
+        "top1_last",
+        "test top-1 (last-epoch model)",
+        "accuracy (fraction)",
+        lower_is_claimed=False,
     )
 
 

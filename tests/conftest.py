@@ -45,3 +45,19 @@ def tiny_config(results_dir, **overrides) -> TrainConfig:
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def script_validation_losses(monkeypatch, losses):
+    """Make the validation loss of successive epochs ``losses`` (the model still really trains)."""
+    import hrsnet.train as train_module
+
+    remaining = iter(losses)
+    real_evaluate = train_module.Trainer.evaluate
+
+    def scripted(self, split, model=None):
+        result = real_evaluate(self, split, model)
+        if split is self.data.val:
+            result.loss = next(remaining)
+        return result
+
+    monkeypatch.setattr(train_module.Trainer, "evaluate", scripted)

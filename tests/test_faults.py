@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import script_validation_losses, tiny_config
 from fixture_runs import write_fixture_run
 
 import hrsnet.train as train_module
@@ -39,6 +39,31 @@ def snapshot(run_dir):
     return {
         path.name: path.read_bytes() for path in Path(run_dir).iterdir() if path.is_file() and path.name != LOCK_FILE
     }
+
+
+def small_run_arguments(results_dir, train_subset: int, epochs: int = 2) -> list[str]:
+    """`python -m hrsnet train` options of a small run, as small() describes."""
+    return [
+        "--width",
+        "1",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "32",
+        "--train-subset",
+        str(train_subset),
+        "--val-subset",
+        "16",
+        "--test-subset",
+        "32",
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--results-dir",
+        str(results_dir),
+    ]
 
 
 # --- data loss ------------------------------------------------------------------------------
@@ -73,28 +98,7 @@ def test_a_second_writer_is_refused_and_names_the_holder(tmp_path, capsys):
     with RunLock(config.run_dir()):
         with pytest.raises(RunLockedError, match=f"is being trained by pid {os.getpid()} on host "):
             fit(config)
-        argv = [
-            "train",
-            "--width",
-            "1",
-            "--dataset",
-            "digits",
-            "--image-size",
-            "32",
-            "--train-subset",
-            "32",
-            "--val-subset",
-            "16",
-            "--test-subset",
-            "32",
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--results-dir",
-            str(tmp_path),
-        ]
+        argv = ["train", *small_run_arguments(tmp_path, train_subset=32)]
         assert main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: run ") and "is being trained by pid" in error and "\n" not in error
@@ -104,31 +108,7 @@ def test_a_second_writer_is_refused_and_names_the_holder(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_train_processes_on_one_run(tmp_path):
     """The report's case: two `train` commands on one run. The second is refused; the first finishes."""
-    command = [
-        sys.executable,
-        "-m",
-        "hrsnet",
-        "train",
-        "--width",
-        "1",
-        "--dataset",
-        "digits",
-        "--image-size",
-        "32",
-        "--train-subset",
-        "64",
-        "--val-subset",
-        "16",
-        "--test-subset",
-        "32",
-        "--epochs",
-        "3",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--results-dir",
-        str(tmp_path),
-    ]
+    command = [sys.executable, "-m", "hrsnet", "train", *small_run_arguments(tmp_path, train_subset=64, epochs=3)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = None
@@ -160,16 +140,7 @@ def _crash_in_test_pass_once(monkeypatch):
 
 def test_a_deleted_best_checkpoint_still_lets_the_run_finish(tmp_path, monkeypatch):
     """Best at epoch 1, last at epoch 2; the test pass crashed, then best_epoch001.pt was deleted."""
-    losses = iter([0.9, 1.0])
-    real_evaluate = train_module.Trainer.evaluate
-
-    def scripted(self, split, model=None):
-        result = real_evaluate(self, split, model)
-        if split is self.data.val:
-            result.loss = next(losses)
-        return result
-
-    monkeypatch.setattr(train_module.Trainer, "evaluate", scripted)
+    script_validation_losses(monkeypatch, [0.9, 1.0])
     config = small(tmp_path, epochs=2, patience=5)
     _crash_in_test_pass_once(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import script_validation_losses, tiny_config
 
 import hrsnet.train as train_module
 from hrsnet import rundir
@@ -251,16 +251,7 @@ def test_early_stopping_semantics():
 
 def test_early_stop_in_a_run_and_the_best_checkpoint(tmp_path, monkeypatch):
     """Validation losses 1.0, 0.9, 0.95, 0.97: patience 2 stops after epoch 4; best is epoch 2."""
-    losses = iter([1.0, 0.9, 0.95, 0.97])
-    real_evaluate = train_module.Trainer.evaluate
-
-    def scripted(self, split, model=None):
-        result = real_evaluate(self, split, model)
-        if split is self.data.val:
-            result.loss = next(losses)
-        return result
-
-    monkeypatch.setattr(train_module.Trainer, "evaluate", scripted)
+    script_validation_losses(monkeypatch, [1.0, 0.9, 0.95, 0.97])
     result = fit(tiny_config(tmp_path, epochs=10, patience=2))
     assert result.status.state == "early-stopped"
     assert "best 0.9000 at epoch 2" in result.status.reason
