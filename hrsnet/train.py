@@ -606,7 +606,15 @@ def _record_failure(run_dir: Path, reason: str) -> None:
 @functools.lru_cache(maxsize=32)
 def _cached_estimate(arch, width, num_classes, image_size, batch_size, model_options, optimizer, precision):
     return preflight.estimate_training_memory(
-        arch, width, num_classes, image_size, batch_size, dict(model_options), optimizer, precision
+        arch,
+        width,
+        num_classes,
+        image_size,
+        batch_size,
+        dict(model_options),
+        optimizer,
+        precision,
+        bound_small_steps=True,
     )
 
 

@@ -387,3 +387,17 @@ def test_torch_save_on_a_full_disk_is_described_as_no_space(tiny_disk, one_threa
         assert message.startswith(f"could not write {path}: no space left on device ("), message
         assert f"a checkpoint needs about {preflight.format_bytes(needed)}" in message
         path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("arch", ["hrnet_official", "hrnet", "hrsnet"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_small_steps_are_bounded_not_measured(arch, precision, monkeypatch):
+    """The bound fit() uses for small steps is above what the largest small step really saves."""
+    limits = preflight.SMALL_STEP
+    measured = preflight.estimate_training_memory(
+        arch, limits["width"], 100, limits["image_size"], limits["batch_size"], precision=precision
+    )
+    assert measured["activation_bytes"] <= preflight.SMALL_STEP_ACTIVATION_BYTES
+    monkeypatch.setattr(preflight, "saved_activation_bytes", lambda *a, **k: pytest.fail("measured a small step"))
+    bounded = preflight.estimate_training_memory(arch, 2, 10, 32, 16, precision=precision, bound_small_steps=True)
+    assert bounded["activation_bytes"] == preflight.SMALL_STEP_ACTIVATION_BYTES
