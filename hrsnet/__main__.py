@@ -37,6 +37,17 @@ def _none_or(kind: type):
     return parse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, from the field's metadata (hrsnet.config)."""
     import dataclasses
@@ -126,7 +137,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     name, why = resolve_profile(args.profile)
     print(f"profile: {name} ({why})", file=sys.stderr)
     rows = []
-    for index, config in enumerate(profile_runs(name, args.results_dir, args.data_dir, only=args.only)):
+    for index, config in enumerate(
+        profile_runs(name, args.results_dir, args.data_dir, only=args.only, seeds=args.seeds)
+    ):
         check = rundir.check_run(config.run_dir())
         if args.pending and check.action == "skip: finished":
             continue
@@ -239,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--profile", default="auto", help="paper, quick, smoke or auto (default auto)")
     runs.add_argument("--only", default=None, help="a run id or an arch")
+    runs.add_argument(
+        "--seeds", type=positive_int, default=None, help="train seeds 0..N-1 instead of the profile's seeds"
+    )
     runs.add_argument("--pending", action="store_true", help="leave out finished runs whose files agree")
     runs.add_argument("--format", choices=("tsv", "json"), default="tsv", help="tab-separated rows or JSON")
     runs.add_argument("--results-dir", default="results")

@@ -26,24 +26,38 @@ class Profile:
     widths: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     networks: tuple[str, ...] = tuple(list_models())
+    # Every network x C trains each seed; the same seed gives every network the same split and
+    # data order, so comparisons between networks are paired by seed. Seed 0 is the default
+    # setting, so its run ids are those of the single-seed runs before seeds existed.
+    seeds: tuple[int, ...] = (0,)
+
+    def seed_list(self, count: int | None = None) -> tuple[int, ...]:
+        """The profile's seeds, or the first ``count`` seeds (0, 1, ...) when a count is given."""
+        if count is None:
+            return self.seeds
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"the number of seeds must be a whole number >= 1; got {count!r}")
+        return tuple(range(count))
 
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
         "paper",
         "the released notebooks' protocol: CIFAR-100 at 224x224, SGD lr 0.005 momentum 0.9, "
-        "batch 16, at most 25 epochs, early stopping (patience 2); 3 networks x C in {2, 18, 30}",
-        "9 runs; GPU hours (see the benchmark's --estimate paper); impractical on a CPU",
+        "batch 16, at most 25 epochs, early stopping (patience 2); 3 networks x C in {2, 18, 30}, 3 seeds",
+        "27 runs; GPU hours (see the benchmark's --estimate paper); impractical on a CPU",
         widths=(2, 18, 30),
+        seeds=(0, 1, 2),
         settings=dict(dataset="cifar100", image_size=224, batch_size=16, epochs=25, patience=2),
     ),
     "quick": Profile(
         "quick",
         "a CPU-sized version: offline digits (or CIFAR-100 if its files are present) at 32x32, "
         "288 training images, batch 16, at most 6 epochs, early stopping (patience 2); "
-        "3 networks x C in {2, 8}",
-        "6 runs, about 9 minutes on 2 CPU cores",
+        "3 networks x C in {2, 8}, 3 seeds",
+        "18 runs, about 9 minutes on 2 CPU cores",
         widths=(2, 8),
+        seeds=(0, 1, 2),
         # Batch 16 as in the paper: 18 steps an epoch. Fewer steps leave BatchNorm's running
         # statistics so far behind that the (eval-mode) validation loss spikes and patience 2
         # stops runs at epoch 3 before they learn (seen with 10 steps an epoch).
@@ -113,14 +127,17 @@ def profile_runs(
     results_dir: str | Path = "results",
     data_dir: str | Path | None = None,
     only: str | None = None,
+    seeds: int | None = None,
     **overrides: Any,
 ) -> list[TrainConfig]:
-    """Every run of ``profile`` (networks x widths), optionally only those whose run id or arch is ``only``."""
+    """Every run of ``profile`` (networks x widths x seeds; ``seeds`` = N takes seeds 0..N-1
+    instead of the profile's), optionally only those whose run id or arch is ``only``."""
     spec = PROFILES[resolve_profile(profile)[0]]
     runs = [
-        run_config(spec.name, arch, width, results_dir, data_dir, **overrides)
+        run_config(spec.name, arch, width, results_dir, data_dir, **{**overrides, "seed": seed})
         for arch in spec.networks
         for width in spec.widths
+        for seed in spec.seed_list(seeds)
     ]
     if only is not None:
         selected = [run for run in runs if only in (run.run_id, run.arch)]

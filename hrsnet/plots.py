@@ -86,13 +86,16 @@ class RunCollection:
         return "\n".join(lines)
 
 
-def collect_runs(results_dir: str | Path, profile: str, data_dir: str | Path | None = None) -> RunCollection:
-    """Load the runs of ``profile`` (as hrsnet.experiments defines it) from ``results_dir/runs``."""
+def collect_runs(
+    results_dir: str | Path, profile: str, data_dir: str | Path | None = None, seeds: int | None = None
+) -> RunCollection:
+    """Load the runs of ``profile`` (as hrsnet.experiments defines it; ``seeds`` = N: seeds 0..N-1)
+    from ``results_dir/runs``."""
     from .experiments import profile_runs, resolve_profile
 
     name, _ = resolve_profile(profile)
     runs, missing, unreadable = [], [], []
-    for config in profile_runs(name, results_dir, data_dir):
+    for config in profile_runs(name, results_dir, data_dir, seeds=seeds):
         try:
             run = load_run(Path(results_dir) / "runs" / config.run_id)
         except rundir.RunFileError as error:  # left out of the figures, listed with its reason

@@ -358,11 +358,25 @@ def describe_estimate(estimate: dict[str, Any]) -> str:
     ]
     if estimate.get("data_bytes"):
         parts.append(f"data {format_bytes(estimate['data_bytes'])}")
+    packed = f" ({estimate['packed_runs']} seeds packed)" if estimate.get("packed_runs") else ""
     return (
-        f"{estimate['arch']} C={estimate['width']} at {size}x{size}, batch {estimate['batch_size']} needs "
+        f"{estimate['arch']} C={estimate['width']}{packed} at {size}x{size}, batch {estimate['batch_size']} needs "
         f"{'at least' if estimate['lower_bound'] else 'about'} {format_bytes(estimate['total_bytes'])} "
         f"of memory ({', '.join(parts)})"
     )
+
+
+def scale_estimate(estimate: dict[str, Any], runs: int) -> dict[str, Any]:
+    """The estimate for ``runs`` runs trained as one packed network (hrsnet.packing): every
+    byte count times ``runs``, plus one unpacked copy of each run's weights and optimizer state."""
+    if runs == 1:
+        return estimate
+    scaled = dict(estimate, packed_runs=runs)
+    for key in ("parameter_bytes", "buffer_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes"):
+        scaled[key] = estimate[key] * runs
+    copies = (estimate["parameter_bytes"] + estimate["buffer_bytes"] + estimate["optimizer_bytes"]) * runs
+    scaled["total_bytes"] = estimate["total_bytes"] * runs + copies
+    return scaled
 
 
 def check_memory(estimate: dict[str, Any], device: torch.device | str) -> None:

@@ -16,6 +16,7 @@ import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .data import DATASET_CLASSES, DATASET_LABELS, DatasetSplits, Split, load_da
 from .evaluate import EvalResult, evaluate
 from .models import create_model
 from .rundir import RunStatus
-from .runlock import LOCK_FILE, RunLock
+from .runlock import LOCK_FILE, RunLock, RunLockedError
 from .runtime import (
     autocast_context,
     configure_determinism,
@@ -42,7 +43,7 @@ from .runtime import (
     resolve_precision,
 )
 
-__all__ = ["TrainConfig", "Trainer", "fit", "training_step", "CheckpointError", "EarlyStopping"]
+__all__ = ["TrainConfig", "Trainer", "fit", "fit_seeds", "training_step", "CheckpointError", "EarlyStopping"]
 
 EXAMPLES_PER_CLASS = 4
 CHECKPOINT_FORMAT = 1
@@ -536,56 +537,123 @@ def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
     can fail (device, results folder, memory, data, model) is checked before ``force`` removes
     the old files, and the whole run holds the run's lock: a second process is refused.
     """
-    run_dir = config.run_dir()
     device = resolve_device(config.device)
     preflight.check_writable(config.results_dir)
-    with RunLock(run_dir):
-        check = rundir.check_run(run_dir, probe_lock=False)
-        if check.action == "skip: finished" and not force:
-            _log(f"[{config.run_id}] already {check.state}; skipping (force=True reruns it)", config.quiet)
-            return rundir.read_run(run_dir)
-        if check.action.startswith("cannot resume") and not force:
-            raise CheckpointError(
-                f"run {config.run_id} cannot resume ({'; '.join(check.problems) or check.state}); "
-                "rerun with --force to start over"
-            )
-        for problem in check.problems:
-            _log(f"[{config.run_id}] {problem}; repairing from the checkpoint", config.quiet)
-        estimate = _memory_estimate(config, device)
-        preflight.check_memory(estimate, device)
-        configure_determinism(config.deterministic, device)
-        data = load_dataset(
-            config.dataset,
-            config.data_dir,
-            config.seed,
-            config.val_fraction,
-            config.train_subset,
-            config.val_subset,
-            config.test_subset,
-        ).to(device)
-        trainer = Trainer(config, data, device, run_dir)
-        trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
-        if force:  # only now: a bad flag or missing data above has not cost the old files
-            for path in run_dir.iterdir():
-                if path.is_file() and path.name != LOCK_FILE:
-                    path.unlink()
-        rundir.remove_temporary_files(run_dir)
-        preflight.check_disk_space(run_dir, preflight.disk_bytes_needed(estimate, run_dir), estimate)
+    with RunLock(config.run_dir()):
+        opened = open_run(config, device, force)
+        if isinstance(opened, rundir.Run):
+            return opened
+        train_guarded([opened], opened.run)
+        return finish_run(opened)
+
+
+def fit_seeds(configs: Sequence[TrainConfig], force: bool = False, pack: bool = False) -> list[rundir.Run]:
+    """Train the seeds of one network x C in this process: each seed is its own run (``fit``).
+
+    A seed whose run another process holds is skipped with a line saying who holds it; a seed
+    that fails does not stop the others, and once they are done the failure is raised (several
+    as one error naming each). ``pack`` trains the seeds as one packed network
+    (hrsnet.packing): the same result per seed within float rounding, with far fewer kernels.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    shared = {key: value for key, value in configs[0].identity().items() if key != "seed"}
+    for config in configs[1:]:
+        if {key: value for key, value in config.identity().items() if key != "seed"} != shared:
+            raise ValueError(f"fit_seeds trains seeds of one setting; {config.run_id} differs in more than its seed")
+    if pack and len(configs) > 1:
+        from .packing import fit_packed
+
+        return fit_packed(configs, force)
+    results, failures = [], []
+    for config in configs:
         try:
-            trainer.start()
-            status = trainer.run()
-        except KeyboardInterrupt:
-            _record_failure(run_dir, f"interrupted after epoch {trainer.saved_epochs}; run again to resume")
-            raise
-        except Exception as error:
-            first_line = str(error).splitlines()[0] if str(error) else ""
+            results.append(fit(config, force))
+        except RunLockedError as error:
+            _log(f"[{config.run_id}] skipped: {error}", False)
+        except Exception as error:  # the other seeds still train; raised below
+            _log(f"[{config.run_id}] FAILED: {type(error).__name__}: {error}", False)
+            failures.append((config, error))
+    raise_failures(failures)
+    return results
+
+
+def raise_failures(failures: list[tuple[TrainConfig, BaseException]]) -> None:
+    """Re-raise the one failure as it was, or several as one RuntimeError naming each run."""
+    if len(failures) == 1:
+        raise failures[0][1]
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} runs failed: "
+            + "; ".join(f"{config.run_id}: {type(error).__name__}: {error}" for config, error in failures)
+        ) from failures[0][1]
+
+
+def open_run(config: TrainConfig, device: torch.device, force: bool, packed_with: int = 1) -> Trainer | rundir.Run:
+    """Under the run's lock (held by the caller): the finished run, read back, if there is
+    nothing to train; else a started Trainer (resumed from last.pt, or with fresh run files).
+    ``packed_with``: how many runs share the training step (memory is checked for all)."""
+    run_dir = config.run_dir()
+    check = rundir.check_run(run_dir, probe_lock=False)
+    if check.action == "skip: finished" and not force:
+        _log(f"[{config.run_id}] already {check.state}; skipping (force=True reruns it)", config.quiet)
+        return rundir.read_run(run_dir)
+    if check.action.startswith("cannot resume") and not force:
+        raise CheckpointError(
+            f"run {config.run_id} cannot resume ({'; '.join(check.problems) or check.state}); "
+            "rerun with --force to start over"
+        )
+    for problem in check.problems:
+        _log(f"[{config.run_id}] {problem}; repairing from the checkpoint", config.quiet)
+    estimate = _memory_estimate(config, device)
+    preflight.check_memory(preflight.scale_estimate(estimate, packed_with), device)
+    configure_determinism(config.deterministic, device)
+    data = load_dataset(
+        config.dataset,
+        config.data_dir,
+        config.seed,
+        config.val_fraction,
+        config.train_subset,
+        config.val_subset,
+        config.test_subset,
+    ).to(device)
+    trainer = Trainer(config, data, device, run_dir)
+    trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
+    if force:  # only now: a bad flag or missing data above has not cost the old files
+        for path in run_dir.iterdir():
+            if path.is_file() and path.name != LOCK_FILE:
+                path.unlink()
+    rundir.remove_temporary_files(run_dir)
+    preflight.check_disk_space(run_dir, preflight.disk_bytes_needed(estimate, run_dir), estimate)
+    train_guarded([trainer], trainer.start)
+    return trainer
+
+
+def train_guarded(trainers: Sequence[Trainer], train: Callable[[], Any]) -> None:
+    """Call ``train``; if it is interrupted or raises, mark each trainer's run as such (with the
+    epoch a rerun resumes after) before the exception goes on."""
+    try:
+        train()
+    except KeyboardInterrupt:
+        for trainer in trainers:
+            _record_failure(trainer.run_dir, f"interrupted after epoch {trainer.saved_epochs}; run again to resume")
+        raise
+    except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        for trainer in trainers:
             _record_failure(
-                run_dir,
+                trainer.run_dir,
                 f"{type(error).__name__}: {first_line} (after epoch {trainer.saved_epochs}; run again to resume)",
             )
-            raise
-        rundir.write_status(run_dir, status)
-        result = rundir.read_run(run_dir)
+        raise
+
+
+def finish_run(trainer: Trainer) -> rundir.Run:
+    """Write the trained run's final status; the run directory, read back."""
+    config, status = trainer.config, trainer.status
+    rundir.write_status(trainer.run_dir, status)
+    result = rundir.read_run(trainer.run_dir)
     last = (result.test_metrics or {}).get("last")
     _log(
         f"[{config.run_id}] {status.state}: {status.reason}; test top-1 (last model) "

@@ -170,7 +170,7 @@ def test_training_notebook_passes_settings_through_trainconfig(tmp_path):
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     names = {target.id for node in ast.parse(cell.source).body for target in node.targets}
     run_config_arguments = set(inspect.signature(experiments.run_config).parameters)
-    assert names == (run_config_arguments - {"overrides"}) | {"force", "quiet", "settings"}
+    assert names == (run_config_arguments - {"overrides"}) | {"seeds", "force", "pack", "quiet", "settings"}
     config = experiments.run_config("smoke", "hrnet", 1, tmp_path, epochs=3, seed=2)
     assert (config.epochs, config.seed) == (3, 2)
     with pytest.raises(ValueError, match="unknown setting"):
