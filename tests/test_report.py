@@ -124,7 +124,7 @@ def test_figures_from_fixture_runs(fixture_results, tmp_path):
 
 def test_missing_runs_are_listed_and_figures_still_render(tmp_path):
     report = plots.make_all_figures(tmp_path / "empty", tmp_path / "figures", "quick")
-    assert len(report.collection.missing) == 6 and set(report.table["status"]) == {"missing"}
+    assert len(report.collection.missing) == 18 and set(report.table["status"]) == {"missing"}
     assert all(path.stat().st_size > 0 for path in report.figures)
     assert "missing: hrnet_official_c2" in report.collection.describe()
 
