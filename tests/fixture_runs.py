@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,8 +19,15 @@ def write_fixture_run(
     num_classes: int = 10,
     diverge_at: int | None = None,
     with_test: bool = True,
+    train_loss: Sequence[float] | None = None,
+    val_acc: Sequence[float] | None = None,
+    top1_last: float = 0.5,
+    class_accuracy: Sequence[float] | None = None,
+    environment: dict | None = None,
 ) -> None:
-    """A run directory as fit() would leave it: complete, early-stopped, diverged, or partial."""
+    """A run directory as fit() would leave it: complete, early-stopped, diverged, or partial.
+    ``train_loss`` / ``val_acc`` (one value per epoch), ``top1_last`` and ``class_accuracy`` (one value
+    per class) give known values instead of the generated ones; ``environment`` is config.json's."""
     run_dir = config.run_dir()
     rundir.write_json(
         run_dir / rundir.CONFIG_FILE,
@@ -29,6 +37,7 @@ def write_fixture_run(
             "model": {},
             "parameters": 10_000_000 + 1000 * config.width,
             "dataset": {"name": config.dataset, "num_classes": num_classes},
+            **({"environment": environment} if environment is not None else {}),
         },
     )
     rng = np.random.default_rng(config.width)
@@ -38,10 +47,12 @@ def write_fixture_run(
         rows.append(
             {
                 "epoch": epoch,
-                "train_loss": math.nan if diverged else 2.3 / epoch + rng.uniform(0, 0.05),
+                "train_loss": math.nan
+                if diverged
+                else (train_loss[epoch - 1] if train_loss is not None else 2.3 / epoch + rng.uniform(0, 0.05)),
                 "train_acc": 0.1 * epoch,
                 "val_loss": math.nan if diverged else 2.0 / epoch + 0.3,
-                "val_acc": 0.08 * epoch,
+                "val_acc": val_acc[epoch - 1] if val_acc is not None else 0.08 * epoch,
                 "lr": 0.005,
                 "epoch_seconds": 1.0,
                 "images_per_second": 100.0,
@@ -57,10 +68,10 @@ def write_fixture_run(
     rundir.write_status(run_dir, rundir.RunStatus(state, reasons.get(state, "")))
     if not with_test:
         return
-    last = None if state == "diverged" else {"top1": 0.5, "top5": 0.9, "loss": 1.5, "epoch": epochs}
+    last = None if state == "diverged" else {"top1": top1_last, "top5": 0.9, "loss": 1.5, "epoch": epochs}
     best = {"top1": 0.55, "top5": 0.91, "loss": 1.4, "epoch": max(1, epochs - 1)}
     rundir.write_json(run_dir / rundir.TEST_METRICS_FILE, {"last": last, "best": best})
-    accuracy = rng.uniform(0, 1, num_classes)
+    accuracy = rng.uniform(0, 1, num_classes) if class_accuracy is None else np.asarray(class_accuracy, dtype=float)
     rundir.write_csv(
         run_dir / rundir.PER_CLASS_FILE,
         [
@@ -68,8 +79,8 @@ def write_fixture_run(
                 "class_index": i,
                 "class_name": str(i),
                 "support": 10,
-                "correct": int(10 * a),
-                "accuracy": int(10 * a) / 10,
+                "correct": round(10 * a),
+                "accuracy": round(10 * a) / 10,
             }
             for i, a in enumerate(accuracy)
         ],

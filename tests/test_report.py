@@ -15,7 +15,7 @@ import pytest
 import torch
 from fixture_runs import write_fixture_run
 
-from hrsnet import experiments, plots, rundir
+from hrsnet import experiments, plots, rundir, stats
 from hrsnet.__main__ import main
 from hrsnet.runlock import lock_state
 from hrsnet.train import fit
@@ -34,7 +34,8 @@ FIGURE_STEMS = [
 
 def test_paper_profile_is_the_released_protocol():
     runs = experiments.profile_runs("paper")
-    assert len(runs) == 9 and len({run.run_id for run in runs}) == 9
+    assert len(runs) == 27 and len({run.run_id for run in runs}) == 27  # 3 networks x 3 C x 3 seeds
+    assert {run.seed for run in runs} == {0, 1, 2}
     assert {(run.arch, run.width) for run in runs} == {
         (arch, width) for arch in ("hrnet_official", "hrnet", "hrsnet") for width in (2, 18, 30)
     }
@@ -132,9 +133,10 @@ def test_missing_runs_are_listed_and_figures_still_render(tmp_path):
 def test_captions_name_dataset_and_profile(fixture_results):
     results, _ = fixture_results
     collection = plots.collect_runs(results, "smoke")
-    assert collection.caption == "sklearn digits (not CIFAR-100), 32px, profile 'smoke'"
+    assert collection.caption == "sklearn digits (not CIFAR-100), 32px, profile 'smoke', 1 seed, 2/3 runs finished"
     fig = plots.plot_train_loss(collection)
     assert "profile 'smoke'" in fig._suptitle.get_text() and "digits" in fig._suptitle.get_text()
+    assert "1 seed" in fig._suptitle.get_text()
 
 
 def test_released_numbers_only_beside_paper_runs(tmp_path):
@@ -145,6 +147,242 @@ def test_released_numbers_only_beside_paper_runs(tmp_path):
     assert row["released top-1"] == 0.5541 and row["released epochs"] == "10 (early stop)"
     smoke = plots.results_table(plots.collect_runs(tmp_path, "smoke"))
     assert smoke["released top-1"].isna().all() if "released top-1" in smoke else True
+
+
+# --- several seeds ------------------------------------------------------------------------------
+
+SEEDS = (0, 1, 2)
+EPOCHS = 4
+BASE_LOSS = {"hrnet_official": 3.0, "hrnet": 2.0, "hrsnet": 1.5}
+TOP1 = {0: 0.40, 1: 0.50, 2: 0.75}  # per seed, every network x C
+ENVIRONMENT = {"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "git_commit": "0123456789abcdef" * 2}
+
+
+def _train_loss(arch: str, seed: int) -> list[float]:
+    """Known per-epoch values: seed s is the base curve plus 0.1 s, so the mean over seeds 0-2 is +0.1."""
+    return [BASE_LOSS[arch] / epoch + 0.1 * seed for epoch in range(1, EPOCHS + 1)]
+
+
+def _true_mean(arch: str) -> list[float]:
+    return [BASE_LOSS[arch] / epoch + 0.1 for epoch in range(1, EPOCHS + 1)]
+
+
+# Per-class accuracy of hrnet (4 classes): seed 0 alone ranks class 0 first, the mean over seeds class 1.
+HRNET_CLASSES = {0: [1.0, 0.9, 0.2, 0.1], 1: [0.3, 0.8, 0.2, 0.1], 2: [0.3, 0.8, 0.2, 0.1]}
+
+
+def _write_seeds(results, data_dir, seeds=SEEDS, skip=(), state=None, profile="quick"):
+    """Every run of ``profile`` for ``seeds``, with the known values above; ``skip``: run ids left out,
+    ``state``: {run id: state} for runs that did not finish."""
+    for config in experiments.profile_runs(profile, results, data_dir, seeds=len(seeds)):
+        if config.run_id in skip:
+            continue
+        run_state = (state or {}).get(config.run_id, "complete")
+        write_fixture_run(
+            config,
+            run_state,
+            EPOCHS,
+            num_classes=4,
+            with_test=run_state == "complete",
+            train_loss=_train_loss(config.arch, config.seed),
+            val_acc=[0.1 * epoch + 0.05 * config.seed for epoch in range(1, EPOCHS + 1)],
+            top1_last=TOP1[config.seed],
+            class_accuracy=HRNET_CLASSES[config.seed] if config.arch == "hrnet" else [0.5, 0.6, 0.7, 0.8],
+            environment=ENVIRONMENT,
+        )
+
+
+@pytest.fixture
+def seed_results(tmp_path):
+    """The quick profile (3 networks x C in {2, 8}) with 3 finished seeds each, known values."""
+    results = tmp_path / "results"
+    _write_seeds(results, tmp_path)
+    return results, tmp_path
+
+
+def _axis_of(fig, title):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def test_loss_curves_are_the_seed_mean_with_a_95_band(seed_results):
+    from matplotlib.collections import PolyCollection
+    from scipy import stats as scipy_stats
+
+    results, data_dir = seed_results
+    collection = plots.collect_runs(results, "quick", data_dir)
+    assert [run.seed for run in collection.runs_of("hrnet", 2)] == [0, 1, 2]
+    fig = plots.plot_train_loss(collection)
+    ax = _axis_of(fig, "C = 2")
+    for arch in ("hrnet", "hrsnet"):
+        label = plots.NETWORK_LABELS[arch]
+        mean = next(line for line in ax.get_lines() if line.get_label() == f"{label} (mean, 3 seeds)")
+        assert list(mean.get_xdata()) == [1, 2, 3, 4]
+        assert mean.get_ydata() == pytest.approx(_true_mean(arch))
+        band = next(c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid() == f"band:{arch}:C=2")
+        vertices = band.get_paths()[0].vertices
+        half = scipy_stats.t.ppf(0.975, 2) * 0.1 / 3**0.5  # sd 0.1 over 3 seeds
+        for epoch, true in zip(range(1, EPOCHS + 1), _true_mean(arch)):
+            ys = vertices[vertices[:, 0] == epoch, 1]
+            assert ys.min() <= true <= ys.max()
+            assert (ys.min(), ys.max()) == pytest.approx((true - half, true + half))
+    faint = [line for line in ax.get_lines() if line.get_label().startswith("_") and line.get_alpha() == 0.35]
+    assert len(faint) == 6  # one thin line per seed and network
+    assert all(float(tick).is_integer() for tick in ax.get_xticks())  # whole epochs only
+    assert "3 seeds" in fig._suptitle.get_text() and "95% t-interval" in fig._suptitle.get_text()
+    plt_close(fig)
+
+
+def plt_close(fig):
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_final_accuracy_points_per_seed_with_mean_and_interval(seed_results):
+    results, data_dir = seed_results
+    collection = plots.collect_runs(results, "quick", data_dir)
+    points, ci = plots.final_accuracy(collection, "hrsnet", 8)
+    assert points == [(0, 0.40), (1, 0.50), (2, 0.75)] and ci.n == 3 and ci.mean == pytest.approx(0.55)
+    assert ci.low < 0.40 and ci.high > 0.75  # scipy's t-interval over 3 seeds is wide
+    fig = plots.plot_accuracy(collection)
+    final = fig.axes[1]
+    for arch in ("hrnet", "hrsnet"):
+        for width in (2, 8):
+            scatter = next(c for c in final.collections if c.get_gid() == f"seeds:{arch}:C={width}")
+            assert len(scatter.get_offsets()) == 3
+            assert sorted(scatter.get_offsets()[:, 1]) == pytest.approx([0.40, 0.50, 0.75])
+    labels = final.get_legend_handles_labels()[1]
+    assert "HRSNet (mean, 95% CI)" in labels and not any("released" in label for label in labels)
+    assert "3 seeds per network x C" in final.get_title()
+    assert all(float(tick).is_integer() for tick in fig.axes[0].get_xticks())
+    plt_close(fig)
+
+
+def test_released_numbers_beside_paper_setting_seeds(tmp_path):
+    for seed in SEEDS:
+        write_fixture_run(experiments.run_config("paper", "hrsnet", 30, tmp_path, seed=seed), "complete", 3)
+    collection = plots.collect_runs(tmp_path, "paper")
+    fig = plots.plot_accuracy(collection)
+    assert "released notebooks (1 run)" in fig.axes[1].get_legend_handles_labels()[1]
+    assert len(next(c for c in fig.axes[1].collections if c.get_gid() == "seeds:hrsnet:C=30").get_offsets()) == 3
+    plt_close(fig)
+
+
+def test_best_and_worst_classes_are_ranked_by_the_seed_mean(seed_results):
+    results, data_dir = seed_results
+    ranked = plots.class_accuracy(plots.collect_runs(results, "quick", data_dir), "hrnet")
+    assert list(ranked["class_name"]) == ["1", "0", "2", "3"]  # seed 0 alone: 0, 1, 2, 3
+    assert ranked["accuracy"].tolist() == pytest.approx([0.8 + 0.1 / 3, 1.6 / 3, 0.2, 0.1])
+    assert set(ranked["seeds"]) == {6}  # 3 seeds x 2 widths
+    alone = plots.class_accuracy(plots.collect_runs(results, "quick", data_dir, seeds=1), "hrnet")
+    assert list(alone["class_name"]) == ["0", "1", "2", "3"]
+    fig = plots.plot_best_worst_classes(plots.collect_runs(results, "quick", data_dir), "hrnet", k=2)
+    assert fig.axes[0].get_title().startswith("1\n") and fig.axes[2].get_title().startswith("3\n")
+    assert "mean over 3 seeds" in fig._suptitle.get_text()
+    plt_close(fig)
+
+
+def test_captions_and_tables_count_seeds_when_some_are_missing(tmp_path):
+    results = tmp_path / "results"
+    configs = experiments.profile_runs("quick", results, tmp_path)
+    hrnet_c2 = [c for c in configs if (c.arch, c.width) == ("hrnet", 2)]
+    _write_seeds(results, tmp_path, skip={hrnet_c2[2].run_id}, state={hrnet_c2[1].run_id: "running"})
+    collection = plots.collect_runs(results, "quick", tmp_path)
+    assert collection.caption.endswith("profile 'quick', 3 seeds, 16/18 runs finished")
+    assert collection.cell_seeds_text("hrnet", 2) == "seeds: 1/3 finished"
+    assert collection.cell_seeds_text("hrsnet", 2) == "3 seeds"
+    fig = plots.plot_train_vs_val(collection)
+    assert f"{plots.NETWORK_LABELS['hrnet']}, C=2: seeds: 1/3 finished" in [ax.get_title() for ax in fig.axes]
+    assert "16/18 runs finished" in fig._suptitle.get_text()
+    plt_close(fig)
+    fig = plots.plot_train_loss(collection)
+    labels = _axis_of(fig, "C = 2").get_legend_handles_labels()[1]
+    assert (
+        f"{plots.NETWORK_LABELS['hrnet']} (mean, seeds: 1/3 finished)" in labels
+    )  # the running seed is a thin line, not in the mean
+    plt_close(fig)
+    assert plots.final_accuracy(collection, "hrnet", 2)[1].n == 1
+    table = plots.results_table(collection)
+    assert len(table) == 18 and list(table.columns[:3]) == ["network", "C", "seed"]
+    rows = table[(table["network"] == "hrnet") & (table["C"] == 2)]
+    assert list(rows["seed"]) == [0, 1, 2] and list(rows["status"]) == ["complete", "running", "missing"]
+
+
+def _save_small_png(fig, path_without_suffix):
+    """save_figure at a low resolution and without the PDF: every figure is still drawn, in a third of the time."""
+    import matplotlib.pyplot as plt
+
+    png = path_without_suffix.with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=30)
+    plt.close(fig)
+    return png
+
+
+def test_single_seed_results_still_render(tmp_path, monkeypatch):
+    """A results folder from before seeds (seed 0 only): every figure renders, with seeds=1 nothing is
+    missing, and with the profile's 3 seeds the others are listed as missing."""
+    results = tmp_path / "results"
+    _write_seeds(results, tmp_path, seeds=(0,))
+    monkeypatch.setattr(plots, "save_figure", _save_small_png)
+    # the parameter claim's table (6 meta-device models, seconds) is not what this test is about
+    counts = pd.DataFrame({"network": ["hrnet", "hrsnet"], "C": [2, 2], "parameters (M)": [10.15, 10.18]})
+    monkeypatch.setattr(stats, "_architecture_table", lambda: counts)
+    report = plots.make_all_figures(results, tmp_path / "figures", "quick", tmp_path, k=2, seeds=1)
+    assert [path.stem for path in report.figures] == FIGURE_STEMS
+    assert all(path.stat().st_size > 1000 for path in report.figures)
+    assert not report.collection.missing and list(report.table["seed"]) == [0] * 6
+    fig = plots.plot_train_loss(report.collection)
+    labels = _axis_of(fig, "C = 2").get_legend_handles_labels()[1]
+    assert labels == [plots.NETWORK_LABELS["hrnet"], "HRSNet"] and not [
+        c for c in fig.axes[0].collections if c.get_gid()
+    ]  # no band
+    assert "1 seed" in fig._suptitle.get_text()
+    plt_close(fig)
+    saved = json.loads((tmp_path / "figures" / "quick" / "figures.json").read_text())
+    assert saved["seeds"] == [0] and saved["header"]["seeds"].startswith("1 per network x C (0); 6/6 runs finished")
+    assert saved["header"]["device"] == "NVIDIA H100 80GB HBM3"
+    assert saved["header"]["git commit"].startswith("runs: 0123456789ab")
+    assert "quick" in saved["header"]["profile"] and "sklearn digits" in saved["header"]["dataset"]
+    assert report.header_markdown.startswith("# HRNet and HRSNet: reproduction report\n")
+    assert "- **device:** NVIDIA H100 80GB HBM3" in report.header_markdown
+    three = plots.collect_runs(results, "quick", tmp_path)
+    assert len(three.missing) == 12 and three.caption.endswith("3 seeds, 6/18 runs finished")
+
+
+def test_report_page_opens_with_the_header_and_claims(tmp_path):
+    """render_report puts the notebook with the header cell first, whatever the order given, and leaves
+    out cells tagged report-omit."""
+    from hrsnet.report import render_report
+
+    def notebook(path, cells):
+        nb = nbformat.v4.new_notebook()
+        for kind, text, tags in cells:
+            if kind == "md":
+                cell = nbformat.v4.new_markdown_cell(text)
+            else:
+                cell = nbformat.v4.new_code_cell("display(x)")
+                cell.outputs = [nbformat.v4.new_output("display_data", {"text/markdown": text})]
+            cell.metadata["tags"] = tags
+            nb.cells.append(cell)
+        nbformat.write(nb, path)
+        return path
+
+    architecture = notebook(tmp_path / "00.ipynb", [("md", "ARCHITECTURE-TABLES", [])])
+    figures = notebook(
+        tmp_path / "02.ipynb",
+        [
+            ("md", "NOTEBOOK-INTRO", ["report-omit"]),
+            ("code", "# REPORT-TITLE", ["report-lead"]),
+            ("code", "CLAIMS-TABLE", []),
+            ("code", "SUMMARY-TABLE", []),
+        ],
+    )
+    html = render_report([architecture, figures], tmp_path / "report.html").read_text()
+    order = [html.index(marker) for marker in ("REPORT-TITLE", "CLAIMS-TABLE", "SUMMARY-TABLE", "ARCHITECTURE-TABLES")]
+    assert order == sorted(order) and "NOTEBOOK-INTRO" not in html and "display(x)" not in html
+    plain = render_report([architecture], tmp_path / "plain.html", title="A title").read_text()
+    assert plain.index('<h1 id="A-title">') < plain.index("ARCHITECTURE-TABLES")
 
 
 # --- notebooks ---------------------------------------------------------------------------------
