@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -473,10 +474,10 @@ def test_run_all_bad_arguments(args, message, tmp_path):
     assert result.returncode != 0 and message in result.stderr
 
 
-def _signal_run_all_during(args, run_dir, signum):
+def _signal_run_all_during(args, run_dir, signum, env=None):
     """Start run_all.sh in its own process group; once ``run_dir`` has a completed epoch, send
     ``signum`` to the group (SIGINT: Ctrl-C in a terminal). Returns (exit code, stdout, stderr)."""
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     process = subprocess.Popen(
         [str(REPO / "run_all.sh"), *args],
         stdout=subprocess.PIPE,
@@ -503,27 +504,88 @@ def _signal_run_all_during(args, run_dir, signum):
     return process.returncode, stdout, stderr
 
 
+def _fake_gpus(tmp_path, count):
+    """A PATH with an `nvidia-smi -L` that lists ``count`` GPUs, and no CUDA_VISIBLE_DEVICES."""
+    bin_dir = tmp_path / "fake_bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    lines = "".join(f"echo 'GPU {i}: Fake GPU (UUID: GPU-{i})'\n" for i in range(count))
+    script.write_text(f"#!/bin/sh\n{lines}")
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}
+
+
 @pytest.mark.slow
 def test_run_all_smoke_end_to_end(tmp_path):
-    """Killed (SIGKILL to its process group) in its first run, then interrupted by Ctrl-C in its
-    second, run_all.sh loses nothing: Ctrl-C stops it at once (exit 130) and says how to resume,
-    and the same command then finishes every run, those two with an uninterrupted history."""
+    """Killed (SIGKILL to its process group) in its first run, then interrupted by Ctrl-C with two
+    jobs at once (--jobs 2), run_all.sh loses nothing: Ctrl-C stops every job (exit 130) and says
+    how to resume. Then two run_all.sh on one results folder, one with --jobs 2, finish every run:
+    each run is trained by exactly one of them, and the interrupted ones have an uninterrupted history."""
     results, figures = tmp_path / "results", tmp_path / "figures"
     args = ("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
-    first, second, _ = experiments.profile_runs("smoke", results)
-    code, stdout, stderr = _signal_run_all_during(args, first.run_dir(), signal.SIGKILL)
+    runs = experiments.profile_runs("smoke", results)
+    first, second, third = runs
+    # Every epoch of every run, and the reference runs, use the thread count of a --jobs 2 job:
+    # a resumed run repeats its history exactly only with the same threads.
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    same_threads = {"OMP_NUM_THREADS": str(threads)}
+    code, stdout, stderr = _signal_run_all_during(args, first.run_dir(), signal.SIGKILL, env=same_threads)
     assert code == -signal.SIGKILL and rundir.read_status(first.run_dir()).state == "running"
 
-    code, stdout, stderr = _signal_run_all_during(args, second.run_dir(), signal.SIGINT)
+    # --jobs 2 on a machine with two (fake) GPUs: one GPU and a share of the CPU cores per job.
+    code, stdout, stderr = _signal_run_all_during(
+        (*args, "--jobs", "2"), second.run_dir(), signal.SIGINT, env={**same_threads, **_fake_gpus(tmp_path, 2)}
+    )
     assert code == 130, stdout + stderr
     assert "run the same ./run_all.sh command again to resume" in stderr and "[figures]" not in stdout
-    assert "[train 3/" not in stdout and "ZMQError" not in stdout + stderr
+    assert "ZMQError" not in stdout + stderr
     assert "interrupted after epoch 1" in rundir.read_status(second.run_dir()).reason
+    assert "started on GPU 0" in stdout and "started on GPU 1" in stdout, stdout
+    for run in runs:  # every job was stopped, none killed: no lock held, no run left "running"
+        assert lock_state(run.run_dir()) != "held", run.run_id
+        status = rundir.read_status(run.run_dir())
+        assert status is None or status.finished or "interrupted" in status.reason, (run.run_id, status)
+    assert int(re.search(r", (\d+) CPU threads? each", stdout).group(1)) == threads
+    config = json.loads((second.run_dir() / rundir.CONFIG_FILE).read_text())
+    assert config["environment"]["cpu_threads"] == threads  # OMP_NUM_THREADS reached torch in the job
 
-    result = _run_all(*args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for interrupted in (first, second):
-        reference = fit(dataclasses.replace(interrupted, results_dir=str(tmp_path / "reference")))
+    # Two run_all.sh at once on one results folder (the second with its own figures folder): both
+    # want the third run; the lock lets exactly one train it.
+    env = {**os.environ, "PYTHON": sys.executable, **same_threads}
+    command = [str(REPO / "run_all.sh"), *args]
+    both = [
+        subprocess.Popen([*command, "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+        subprocess.Popen(
+            [*command, "--only", third.arch, "--figures-dir", str(tmp_path / "figures_b")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        ),
+    ]
+    outputs = [process.communicate(timeout=600) for process in both]
+    for process, (out, err) in zip(both, outputs):
+        assert process.returncode == 0, out + err
+    trained = [re.search(rf"\({third.run_id}\): (complete|early-stopped): ", out) is not None for out, _ in outputs]
+    assert sum(trained) == 1, outputs
+    other = outputs[trained.index(False)][0]
+    assert (
+        f"({third.run_id}): skipped: being trained by pid " in other
+        or f"({third.run_id}): already finished" in other
+        or third.run_id not in other  # it was finished before this one listed the runs
+    ), other
+    for run in runs:  # no run file written by two processes: every epoch once, whole JSON files
+        assert rundir.read_history(run.run_dir())["epoch"].tolist() == [1, 2], run.run_id
+        json.loads((run.run_dir() / rundir.CONFIG_FILE).read_text())
+        json.loads((run.run_dir() / rundir.TEST_METRICS_FILE).read_text())
+    result = subprocess.CompletedProcess(both[0].args, 0, *outputs[0])
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        references = [fit(dataclasses.replace(run, results_dir=str(tmp_path / "reference"))) for run in (first, second)]
+    finally:
+        torch.set_num_threads(default_threads)
+    for interrupted, reference in zip((first, second), references):
         resumed = rundir.read_history(interrupted.run_dir())
         assert len(resumed) == len(reference.history)
         for column in ("train_loss", "val_loss", "val_acc"):
@@ -534,7 +596,10 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert (figures / "smoke" / "results_table.md").exists()
     executed = sorted(path.name for path in (results / "notebooks").glob("*.ipynb"))
     run_ids = [run.run_id for run in experiments.profile_runs("smoke")]
-    assert executed == sorted(["00_architecture.ipynb", "02_figures.ipynb"] + [f"train_{r}.ipynb" for r in run_ids])
+    # One training notebook per network x C (with all its seeds); temporary names are renamed.
+    trained_notebooks = [f"train_smoke_{run.arch}_c{run.width}.ipynb" for run in experiments.profile_runs("smoke")]
+    assert executed == sorted(["00_architecture.ipynb", "02_figures.ipynb"] + trained_notebooks)
+    assert not list((results / "notebooks").glob(".*"))
     for run_id in run_ids:
         assert (results / "runs" / run_id / "status").read_text().startswith("complete")
     report = (results / "report.html").read_text()
