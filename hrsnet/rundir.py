@@ -37,7 +37,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-HISTORY_COLUMNS = [
+# epoch_seconds is the training pass; the epoch's validation (with the best checkpoint's
+# write) and last.pt's write are timed apart. Histories written before those two columns
+# existed still read (the columns come back empty), as do rows restored from a checkpoint,
+# which is saved before its own write can be timed.
+HISTORY_COLUMNS_BEFORE_TIMING = [
     "epoch",
     "train_loss",
     "train_acc",
@@ -47,6 +51,7 @@ HISTORY_COLUMNS = [
     "epoch_seconds",
     "images_per_second",
 ]
+HISTORY_COLUMNS = [*HISTORY_COLUMNS_BEFORE_TIMING, "val_seconds", "checkpoint_seconds"]
 PER_CLASS_COLUMNS = ["class_index", "class_name", "support", "correct", "accuracy"]
 STATES = ("running", "complete", "early-stopped", "diverged", "failed")
 FINISHED_STATES = ("complete", "early-stopped", "diverged")
@@ -198,6 +203,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
             f"{path} is not a readable history ({type(error).__name__}); "
             "training the run again rewrites it from the checkpoint"
         ) from error
+    if list(history.columns) == HISTORY_COLUMNS_BEFORE_TIMING:
+        history = history.reindex(columns=HISTORY_COLUMNS)
     if list(history.columns) != HISTORY_COLUMNS:
         raise RunFileError(
             f"{path} has columns {list(history.columns)}, not {HISTORY_COLUMNS}; "

@@ -226,6 +226,8 @@ class Trainer:
         self.status: RunStatus | None = None  # how training ended, once it has
         self.saved_epochs = 0  # epochs in last.pt: what a resume would start from
         self.checkpoint_bytes: int | None = None  # for the message of a failed checkpoint write
+        self.packed_with = 1  # seeds trained in one packed network with this one (hrsnet.packing)
+        self.finished = False  # test outputs and final status written
 
     def build_model(self) -> torch.nn.Module:
         config = self.config
@@ -255,21 +257,40 @@ class Trainer:
         for epoch in epochs:
             if self.status is not None:  # resumed a run whose training had ended before its test pass
                 break
-            row = {"epoch": epoch, **self.train_one_epoch(epoch)}
-            row.update(self.validate(epoch) if self.status is None else {"val_loss": math.nan, "val_acc": math.nan})
-            self.history.append(row)
-            if self.status is None and epoch == config.epochs:
-                self.status = RunStatus("complete", f"reached the epoch limit ({config.epochs})")
-            self.save_epoch()
-            _log(
-                f"[{config.run_id}] epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_second']:.0f} img/s",
-                config.quiet,
-            )
-        if self.status is None:  # resumed a run whose last epoch was already done
-            self.status = RunStatus("complete", f"reached the epoch limit ({config.epochs})")
-        self.write_test_outputs()
+            self.finish_epoch(epoch, self.train_one_epoch(epoch))
+        self.finish()
         return self.status
+
+    def finish_epoch(self, epoch: int, train_row: dict[str, float]) -> None:
+        """After training epoch ``epoch``: validate (unless diverged), record, checkpoint, log."""
+        config = self.config
+        row = {"epoch": epoch, **train_row}
+        started = time.perf_counter()
+        row.update(self.validate(epoch) if self.status is None else {"val_loss": math.nan, "val_acc": math.nan})
+        row["val_seconds"] = time.perf_counter() - started
+        self.history.append(row)
+        if self.status is None and epoch == config.epochs:
+            self.status = RunStatus("complete", f"reached the epoch limit ({config.epochs})")
+        self.save_epoch()
+        _log(
+            f"[{config.run_id}] epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_second']:.0f} img/s",
+            config.quiet,
+        )
+
+    def finish(self) -> None:
+        """Training is over: test the last and best models, write the final status."""
+        if self.status is None:  # resumed a run whose last epoch was already done
+            self.status = RunStatus("complete", f"reached the epoch limit ({self.config.epochs})")
+        self.write_test_outputs()
+        rundir.write_status(self.run_dir, self.status)
+        self.finished = True
+
+    def mark_diverged(self, mean_loss: float, epoch: int, batch: int, num_batches: int) -> None:
+        self.status = RunStatus(
+            "diverged",
+            f"non-finite training loss (mean {mean_loss}) at epoch {epoch}, detected at batch {batch}/{num_batches}",
+        )
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the shuffled training split; sets a "diverged" status on a non-finite loss."""
@@ -296,11 +317,7 @@ class Trainer:
             if (batch + 1) % config.log_every == 0 or batch == num_batches - 1:
                 mean_loss = loss_sum.item() / seen
                 if not math.isfinite(mean_loss):
-                    self.status = RunStatus(
-                        "diverged",
-                        f"non-finite training loss (mean {mean_loss}) at epoch "
-                        f"{epoch}, detected at batch {batch + 1}/{num_batches}",
-                    )
+                    self.mark_diverged(mean_loss, epoch, batch + 1, num_batches)
                     break
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
         bar.close()
@@ -381,7 +398,10 @@ class Trainer:
     def save_epoch(self) -> None:
         """Best checkpoint (already written), then last (which names it), then history, then status:
         a crash between any two leaves a state that resumes to the same result."""
+        started = time.perf_counter()
         _save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, self.checkpoint_state(), self.checkpoint_bytes)
+        if self.history:  # for history.csv; the checkpoint was written before its time was known
+            self.history[-1]["checkpoint_seconds"] = time.perf_counter() - started
         self.saved_epochs = self.epoch
         self.remove_stale_best_checkpoints()
         rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
@@ -415,6 +435,7 @@ class Trainer:
                     "precision": self.precision,
                     "channels_last": self.memory_format == torch.channels_last,
                     "compile": config.compile,
+                    "packed_seeds": self.packed_with,
                 },
                 "environment": environment_info(self.device),
             },
@@ -620,6 +641,7 @@ def open_run(config: TrainConfig, device: torch.device, force: bool, packed_with
     ).to(device)
     trainer = Trainer(config, data, device, run_dir)
     trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
+    trainer.packed_with = packed_with
     if force:  # only now: a bad flag or missing data above has not cost the old files
         for path in run_dir.iterdir():
             if path.is_file() and path.name != LOCK_FILE:
@@ -641,7 +663,7 @@ def train_guarded(trainers: Sequence[Trainer], train: Callable[[], Any]) -> None
         raise
     except Exception as error:
         first_line = str(error).splitlines()[0] if str(error) else ""
-        for trainer in trainers:
+        for trainer in (trainer for trainer in trainers if not trainer.finished):
             _record_failure(
                 trainer.run_dir,
                 f"{type(error).__name__}: {first_line} (after epoch {trainer.saved_epochs}; run again to resume)",
@@ -650,9 +672,8 @@ def train_guarded(trainers: Sequence[Trainer], train: Callable[[], Any]) -> None
 
 
 def finish_run(trainer: Trainer) -> rundir.Run:
-    """Write the trained run's final status; the run directory, read back."""
+    """A trained run's directory, read back (Trainer.finish has written its final status)."""
     config, status = trainer.config, trainer.status
-    rundir.write_status(trainer.run_dir, status)
     result = rundir.read_run(trainer.run_dir)
     last = (result.test_metrics or {}).get("last")
     _log(

@@ -206,14 +206,16 @@ class HighResolutionNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    @staticmethod
-    def check_input(x: torch.Tensor) -> None:
+    input_channels = 3  # hrsnet.packing sets 3 x seeds on a packed copy
+
+    def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is a 4-D float tensor (N, 3, H, W) with H, W >= 32."""
+        channels = self.input_channels
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"input must be a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"input must be a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
             raise ValueError(
-                "input must be a 4-D float tensor (N, 3, H, W) with 3 channels, "
+                f"input must be a 4-D float tensor (N, {channels}, H, W) with {channels} channels, "
                 f"got shape {tuple(x.shape)} and dtype {x.dtype}"
             )
         height, width = x.shape[-2:]

@@ -1,0 +1,344 @@
+"""Seed packing: the seeds of one network x C trained as one network, exactly.
+
+Seed k owns channel block k of every layer of a packed copy of the network: each conv gets
+``seeds`` times its channels and groups, each BatchNorm ``seeds`` times its channels, and
+the classifier one linear map per seed (:class:`PackedLinear`). The input stacks the seeds'
+batches along the channels and the loss is the sum of the seeds' losses. Groups never mix,
+BatchNorm's statistics are per channel and SGD (momentum, weight decay) is elementwise, so
+the packed network is N independent networks, up to the order of float rounding
+(tests/test_packing.py checks it per step). What changes is the work's shape: one grouped
+kernel for N small ones. At batch 16 an HRNet step is thousands of small kernels, so a step
+costs launch overhead more than arithmetic, and N seeds packed cost far less than N runs.
+
+Each seed keeps its own Trainer (data split and order, augmentation generator, validation,
+early stopping, checkpoints, run directory in the usual schema): the packed network only
+takes the training steps. After every epoch its weights and optimizer state go back to the
+seeds' own models, which validate and checkpoint as an unpacked run does; a seed that stops
+early leaves the pack, and the others are packed again without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import preflight, rundir
+from .data import preprocess
+from .runlock import RunLock, RunLockedError
+from .runtime import autocast_context, make_optimizer, resolve_device, resolve_optimizer_kernel
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .train import Trainer
+
+
+class PackedLinear(nn.Module):
+    """``seeds`` Linear(in, out) maps side by side: input (B, seeds x in), output (B, seeds, out).
+
+    The weight is the seeds' weights stacked, (seeds x out, in), so that seed k's block of
+    every packed tensor is its k-th chunk along dim 0, as for the convs and BatchNorms.
+    """
+
+    def __init__(self, seeds: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.seeds, self.in_features, self.out_features = seeds, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(seeds * out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(seeds * out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], self.seeds, self.in_features)
+        weight = self.weight.view(self.seeds, self.out_features, self.in_features)
+        y = torch.einsum("bsi,soi->bso", x, weight)
+        return y if self.bias is None else y + self.bias.view(self.seeds, self.out_features)
+
+
+def _packed_layer(module: nn.Module, seeds: int) -> nn.Module | None:
+    """The packed counterpart of a layer with parameters or buffers (None: keep the module)."""
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(
+            module.in_channels * seeds,
+            module.out_channels * seeds,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups * seeds,
+            module.bias is not None,
+            module.padding_mode,
+        )
+    if isinstance(module, nn.BatchNorm2d):
+        return nn.BatchNorm2d(
+            module.num_features * seeds, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+    if isinstance(module, nn.Linear):
+        return PackedLinear(seeds, module.in_features, module.out_features, module.bias is not None)
+    if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+        raise ValueError(f"cannot pack a {type(module).__name__}: only Conv2d, BatchNorm2d and Linear hold weights")
+    return None
+
+
+def pack_tensors(tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+    """The seeds' tensors as one: stacked along dim 0, or for a scalar (BatchNorm's step count,
+    an optimizer's step) the common value."""
+    first = tensors[0]
+    if first.dim() == 0:
+        if any(not torch.equal(tensor, first) for tensor in tensors[1:]):
+            raise ValueError(f"cannot pack {name}: the seeds' values differ ({[t.item() for t in tensors]})")
+        return first.clone()
+    return torch.cat(list(tensors), dim=0)
+
+
+def unpack_tensor(tensor: torch.Tensor, seeds: int) -> list[torch.Tensor]:
+    """Seed k's part of a packed tensor, as a tensor of its own (a view would save the whole pack)."""
+    if tensor.dim() == 0:
+        return [tensor.clone() for _ in range(seeds)]
+    return [chunk.clone() for chunk in tensor.chunk(seeds, dim=0)]
+
+
+def pack_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {name: pack_tensors([state[name] for state in states], name) for name in states[0]}
+
+
+def unpack_state(state: dict[str, torch.Tensor], seeds: int) -> list[dict[str, torch.Tensor]]:
+    parts = {name: unpack_tensor(tensor, seeds) for name, tensor in state.items()}
+    return [{name: chunks[k] for name, chunks in parts.items()} for k in range(seeds)]
+
+
+def pack_models(models: Sequence[nn.Module]) -> nn.Module:
+    """One network holding ``models`` (same architecture, any weights) side by side."""
+    seeds = len(models)
+    packed = copy.deepcopy(models[0])
+    for module in list(packed.modules()):
+        for name, child in list(module.named_children()):
+            replacement = _packed_layer(child, seeds)
+            if replacement is not None:
+                setattr(module, name, replacement)
+    parameter = next(models[0].parameters())
+    packed.to(device=parameter.device)
+    packed.load_state_dict(pack_state([model.state_dict() for model in models]))
+    if hasattr(packed, "input_channels"):
+        packed.input_channels = models[0].input_channels * seeds
+    packed.packed_seeds = seeds
+    return packed
+
+
+def unpack_into(packed: nn.Module, models: Sequence[nn.Module]) -> None:
+    """Copy each seed's block of ``packed`` into its own model."""
+    for model, state in zip(models, unpack_state(packed.state_dict(), len(models)), strict=True):
+        model.load_state_dict(state)
+
+
+def pack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], packed: torch.optim.Optimizer) -> None:
+    """Give ``packed`` (built over the packed parameters) the seeds' optimizer state, stacked."""
+    from .train import load_optimizer_state
+
+    states = [optimizer.state_dict() for optimizer in optimizers]
+    indices = set(states[0]["state"])
+    if any(set(state["state"]) != indices for state in states[1:]):
+        raise ValueError("cannot pack optimizers with state for different parameters (seeds at different steps)")
+    packed_state = {
+        index: {
+            key: pack_tensors([state["state"][index][key] for state in states], f"optimizer state {key}")
+            if torch.is_tensor(value)
+            else value
+            for key, value in states[0]["state"][index].items()
+        }
+        for index in indices
+    }
+    load_optimizer_state(packed, {"state": packed_state, "param_groups": packed.state_dict()["param_groups"]})
+
+
+def unpack_optimizer_state(packed: torch.optim.Optimizer, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    from .train import load_optimizer_state
+
+    state = packed.state_dict()["state"]
+    seeds = len(optimizers)
+    parts = {
+        index: {
+            key: unpack_tensor(value, seeds) if torch.is_tensor(value) else [value] * seeds for key, value in s.items()
+        }
+        for index, s in state.items()
+    }
+    for k, optimizer in enumerate(optimizers):
+        seed_state = {index: {key: values[k] for key, values in s.items()} for index, s in parts.items()}
+        load_optimizer_state(optimizer, {"state": seed_state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def packed_loss(logits: torch.Tensor, labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The sum of the seeds' mean cross-entropies (so each seed's gradient is its own run's), and each."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 autocast logits: loss in float32
+    losses = [F.cross_entropy(logits[:, k].to(dtype), labels_k) for k, labels_k in enumerate(labels)]
+    return torch.stack(losses).sum(), losses
+
+
+class PackedSeeds:
+    """Trains started Trainers (hrsnet.train) of one network x C together, epoch by epoch.
+
+    Each round trains the unfinished seeds that have the fewest epochs (after a kill they may
+    differ by one), packed; then each validates, checkpoints and logs as ``Trainer.run`` does.
+    A seed that finishes writes its test outputs at once and leaves the pack.
+    """
+
+    def __init__(self, trainers: Sequence[Trainer]):
+        self.trainers = list(trainers)
+        first = self.trainers[0]
+        self.device = first.device
+        sizes = {len(trainer.data.train) for trainer in self.trainers}
+        batch_sizes = {trainer.config.batch_size for trainer in self.trainers}
+        if len(sizes) != 1 or len(batch_sizes) != 1:
+            raise ValueError("packed seeds need the same training-split size and batch size")
+        self._members: tuple[Trainer, ...] = ()
+        self._model: nn.Module | None = None
+        self._step_model: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    def unfinished(self) -> list[Trainer]:
+        return [trainer for trainer in self.trainers if not trainer.finished]
+
+    def run(self) -> None:
+        while True:
+            for trainer in self.unfinished():
+                if trainer.status is not None or trainer.epoch >= trainer.config.epochs:
+                    trainer.finish()
+            unfinished = self.unfinished()
+            if not unfinished:
+                return
+            lowest = min(trainer.epoch for trainer in unfinished)
+            members = tuple(trainer for trainer in unfinished if trainer.epoch == lowest)
+            self.pack(members)
+            epoch = lowest + 1
+            rows = self.train_one_epoch(epoch)
+            self.unpack()
+            for trainer, row in zip(members, rows, strict=True):
+                trainer.finish_epoch(epoch, row)
+
+    def pack(self, members: tuple[Trainer, ...]) -> None:
+        """Build the packed model and optimizer for ``members`` (kept while they stay the same)."""
+        if members == self._members:
+            return
+        config = members[0].config
+        models = [trainer.model for trainer in members]
+        self._model = pack_models(models).to(memory_format=members[0].memory_format)
+        self._step_model = self._model if config.compile == "none" else torch.compile(self._model, mode=config.compile)
+        self._optimizer = make_optimizer(
+            config.optimizer,
+            self._model.parameters(),
+            config.lr,
+            config.momentum,
+            config.weight_decay,
+            resolve_optimizer_kernel(config.fused_optimizer, self.device),
+        )
+        pack_optimizer_state([trainer.optimizer for trainer in members], self._optimizer)
+        self._members = members
+
+    def unpack(self) -> None:
+        """Give each member its block of the packed weights and optimizer state."""
+        unpack_into(self._model, [trainer.model for trainer in self._members])
+        unpack_optimizer_state(self._optimizer, [trainer.optimizer for trainer in self._members])
+
+    def train_one_epoch(self, epoch: int) -> list[dict[str, float]]:
+        """One epoch of every member, packed; the rows Trainer.train_one_epoch would give each.
+
+        Every member draws its data order and augmentation from its own generator in the same
+        order as its unpacked run, so it sees the same batches. A member whose loss becomes
+        non-finite gets its "diverged" status and its row up to that batch; it goes on inside
+        the pack until the epoch ends (its blocks cannot reach the others').
+        """
+        members, device = self._members, self.device
+        config = members[0].config
+        self._model.train()
+        orders = [torch.randperm(len(m.data.train), generator=m.shuffle_generator).to(device) for m in members]
+        batch_size = config.batch_size
+        num_batches = math.ceil(len(members[0].data.train) / batch_size)
+        loss_sums = [torch.zeros((), device=device) for _ in members]
+        corrects = [torch.zeros((), device=device, dtype=torch.long) for _ in members]
+        seen = [0] * len(members)
+        live = [True] * len(members)
+        lr = self._optimizer.param_groups[0]["lr"]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for batch in range(num_batches):
+            inputs, labels = [], []
+            for member, order in zip(members, orders, strict=True):
+                index = order[batch * batch_size : (batch + 1) * batch_size]
+                split = member.data.train
+                labels.append(split.labels[index])
+                inputs.append(
+                    preprocess(
+                        split.images[index],
+                        member.config.image_size,
+                        member.config.augment,
+                        member.shuffle_generator,
+                        member.memory_format,
+                    )
+                )
+            stacked = torch.cat(inputs, dim=1).contiguous(memory_format=members[0].memory_format)
+            with autocast_context(members[0].precision, device):
+                logits = self._step_model(stacked)
+            loss, losses = packed_loss(logits, labels)
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._optimizer.step()
+            for k, member in enumerate(members):
+                if not live[k]:
+                    continue
+                loss_sums[k] += losses[k].detach() * len(labels[k])
+                corrects[k] += (logits[:, k].detach().argmax(dim=1) == labels[k]).sum()
+                seen[k] += len(labels[k])
+                if (batch + 1) % config.log_every == 0 or batch == num_batches - 1:
+                    mean_loss = loss_sums[k].item() / seen[k]
+                    if not math.isfinite(mean_loss):
+                        member.mark_diverged(mean_loss, epoch, batch + 1, num_batches)
+                        live[k] = False
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        return [
+            {
+                "train_loss": loss_sums[k].item() / seen[k],
+                "train_acc": corrects[k].item() / seen[k],
+                "lr": lr,
+                "epoch_seconds": seconds,
+                "images_per_second": seen[k] / seconds,
+            }
+            for k in range(len(members))
+        ]
+
+
+def fit_packed(configs: Sequence[TrainConfig], force: bool = False) -> list[rundir.Run]:
+    """``hrsnet.train.fit_seeds`` with the seeds packed: each seed's run is locked, checked,
+    resumed or skipped as ``fit`` does, then the unfinished ones train as one network."""
+    from .train import finish_run, open_run, raise_failures, train_guarded
+
+    device = resolve_device(configs[0].device)
+    preflight.check_writable(configs[0].results_dir)
+    results: list[rundir.Run] = []
+    failures: list[tuple[Any, BaseException]] = []
+    with ExitStack() as locks:
+        trainers = []
+        for config in configs:
+            try:
+                locks.enter_context(RunLock(config.run_dir()))
+                opened = open_run(config, device, force, packed_with=len(configs))
+            except RunLockedError as error:
+                print(f"[{config.run_id}] skipped: {error}", flush=True)
+                continue
+            except Exception as error:  # the other seeds still train; raised below
+                print(f"[{config.run_id}] FAILED: {type(error).__name__}: {error}", flush=True)
+                failures.append((config, error))
+                continue
+            (results if isinstance(opened, rundir.Run) else trainers).append(opened)
+        if trainers:
+            train_guarded(trainers, PackedSeeds(trainers).run)
+            results.extend(finish_run(trainer) for trainer in trainers)
+    raise_failures(failures)
+    return sorted(results, key=lambda run: run.seed)

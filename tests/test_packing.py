@@ -1,0 +1,201 @@
+"""Seed packing (hrsnet.packing): N seeds in one network are exactly N separate networks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from torch import nn
+
+import hrsnet.train as train_module
+from hrsnet import rundir
+from hrsnet.models import create_model
+from hrsnet.packing import (
+    PackedSeeds,
+    pack_models,
+    pack_optimizer_state,
+    pack_state,
+    packed_loss,
+    unpack_into,
+    unpack_optimizer_state,
+    unpack_state,
+)
+from hrsnet.train import fit_seeds, open_run
+
+SEEDS = 3
+
+
+def _models(arch: str, width: int = 1, num_classes: int = 10) -> list[nn.Module]:
+    models = []
+    for seed in range(SEEDS):
+        torch.manual_seed(seed)
+        models.append(create_model(arch, width, num_classes))
+    return models
+
+
+def _update(model_after: nn.Module, before: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(p.detach() - b).flatten() for p, b in zip(model_after.parameters(), before, strict=True)])
+
+
+@pytest.mark.parametrize("arch,optimizer", [("hrnet_official", "sgd"), ("hrnet", "sgd"), ("hrsnet", "adam")])
+def test_each_packed_step_equals_the_separate_networks_step(arch, optimizer):
+    """From the same weights and optimizer state, one packed step gives each seed the loss,
+    update, BatchNorm statistics and optimizer state of its own network's step (two steps in
+    a row, so momentum or Adam's moments take part). Float rounding differs (grouped kernels),
+    and these networks amplify it over many steps, so the proof is per step, as the
+    benchmark's fast-path checks are."""
+
+    def make(params):
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=1e-3, weight_decay=5e-4)
+        return torch.optim.SGD(params, lr=0.005, momentum=0.9, weight_decay=5e-4)
+
+    separate = _models(arch, width=2)
+    optimizers = [make(model.parameters()) for model in separate]
+    torch.manual_seed(100)
+    for step in range(2):
+        inputs = [torch.randn(8, 3, 32, 32) for _ in range(SEEDS)]
+        labels = [torch.randint(0, 10, (8,)) for _ in range(SEEDS)]
+        packed = pack_models(separate)
+        packed_optimizer = make(packed.parameters())
+        pack_optimizer_state(optimizers, packed_optimizer)
+        before = [[p.detach().clone() for p in model.parameters()] for model in separate]
+        total, packed_losses = packed_loss(packed(torch.cat(inputs, dim=1)), labels)
+        packed_optimizer.zero_grad()
+        total.backward()
+        packed_optimizer.step()
+        losses = []
+        for model, opt, x, y in zip(separate, optimizers, inputs, labels, strict=True):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        unpacked = _models(arch, width=2)
+        unpack_into(packed, unpacked)
+        unpacked_optimizers = [make(model.parameters()) for model in unpacked]
+        unpack_optimizer_state(packed_optimizer, unpacked_optimizers)
+        for k in range(SEEDS):
+            assert packed_losses[k].item() == pytest.approx(losses[k], abs=1e-4), (step, k)
+            mine, theirs = _update(unpacked[k], before[k]), _update(separate[k], before[k])
+            assert F.cosine_similarity(mine, theirs, dim=0) > 0.995, (step, k)
+            assert (mine.norm() / theirs.norm()).item() == pytest.approx(1, abs=0.05), (step, k)
+            # The check can fail: another seed's update is nothing like this one's.
+            other = _update(separate[(k + 1) % SEEDS], before[(k + 1) % SEEDS])
+            assert F.cosine_similarity(mine, other, dim=0) < 0.9
+            for name, value in unpacked[k].state_dict().items():
+                if "running" in name:
+                    assert torch.allclose(value, separate[k].state_dict()[name], rtol=1e-3, atol=1e-4), name
+            mine_state = unpacked_optimizers[k].state_dict()["state"]
+            theirs_state = optimizers[k].state_dict()["state"]
+            assert mine_state.keys() == theirs_state.keys()
+            for key in theirs_state[0]:
+                stacked = [
+                    torch.cat([state[index][key].flatten() for index in sorted(state)])
+                    for state in (mine_state, theirs_state)
+                ]
+                assert F.cosine_similarity(*stacked, dim=0) > 0.995, (step, k, key)
+
+
+def test_pack_and_unpack_round_trip_exactly():
+    models = _models("hrnet")
+    states = [model.state_dict() for model in models]
+    for state, original in zip(unpack_state(pack_state(states), SEEDS), states, strict=True):
+        assert state.keys() == original.keys()
+        assert all(torch.equal(state[name], original[name]) for name in state)
+        # Own storage, not views of the pack: a checkpoint of one seed must not hold all of them.
+        assert all(tensor.untyped_storage().nbytes() == tensor.nbytes for tensor in state.values())
+    packed = pack_models(models)
+    assert packed.input_channels == 3 * SEEDS
+    with pytest.raises(ValueError, match=r"\(N, 9, H, W\)"):
+        packed(torch.zeros(2, 3, 32, 32))
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) for model in models]
+    packed_optimizer = torch.optim.SGD(packed.parameters(), lr=0.1, momentum=0.9)
+    pack_optimizer_state(optimizers, packed_optimizer)  # no state yet: nothing to stack, no error
+    assert not packed_optimizer.state_dict()["state"]
+
+
+def test_packing_refuses_what_it_cannot_keep_apart():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="cannot pack a LayerNorm"):
+        pack_models([model, model])
+    steps = [torch.tensor(1.0), torch.tensor(2.0)]
+    from hrsnet.packing import pack_tensors
+
+    with pytest.raises(ValueError, match="values differ"):
+        pack_tensors(steps, "step")
+
+
+def _assert_same_runs(packed_runs, separate_runs):
+    """Same seeds, splits, epochs and random draws (data order, augmentation) as runs trained
+    one by one. Their losses agree per step only (see above): rounding grows over steps."""
+    assert [run.seed for run in packed_runs] == [run.seed for run in separate_runs]
+    for a, b in zip(packed_runs, separate_runs, strict=True):
+        assert a.history["epoch"].tolist() == b.history["epoch"].tolist(), a.seed
+        assert (a.run_dir / rundir.SPLIT_FILE).read_text() == (b.run_dir / rundir.SPLIT_FILE).read_text()
+        shuffle = [
+            train_module.load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)["rng"]["shuffle"] for run in (a, b)
+        ]
+        assert torch.equal(*shuffle), a.seed
+        assert a.history["train_loss"].iloc[0] == pytest.approx(b.history["train_loss"].iloc[0], rel=0.1)
+
+
+def test_fit_seeds_packed_equals_one_run_per_seed(tmp_path):
+    """Whole runs: each seed's split, data order, history and files as when trained alone."""
+    configs = [tiny_config(tmp_path / "packed", seed=seed) for seed in range(SEEDS)]
+    packed = fit_seeds(configs, pack=True)
+    separate = fit_seeds([tiny_config(tmp_path / "alone", seed=seed) for seed in range(SEEDS)], pack=False)
+    _assert_same_runs(packed, separate)
+    assert [run.seed for run in packed] == list(range(SEEDS))
+    for run in packed:
+        assert run.status.state == "complete" and run.config["resolved"]["packed_seeds"] == SEEDS
+        assert rundir.check_run(run.run_dir).action == "skip: finished"
+        # The checkpoint is one seed's model, loadable by an unpacked network.
+        state = train_module.load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)
+        create_model("hrnet", 2, 10).load_state_dict(state["model"])
+    again = fit_seeds(configs, pack=True)  # finished: skipped, read back
+    assert [run.history["train_loss"].tolist() for run in again] == [r.history["train_loss"].tolist() for r in packed]
+
+
+def test_a_seed_that_stops_leaves_the_pack(tmp_path):
+    """Seeds that end at different epochs (early stopping, here an epoch limit) train packed
+    while they are together and without the finished one after; each sees its own data."""
+    limits = {0: 1, 1: 3, 2: 3}
+    device = torch.device("cpu")
+
+    def trainers(folder):
+        return [open_run(tiny_config(tmp_path / folder, seed=s, epochs=e), device, False) for s, e in limits.items()]
+
+    packed = trainers("packed")
+    PackedSeeds(packed).run()
+    separate = trainers("alone")
+    for trainer in separate:
+        trainer.run()
+    for a, b in zip(packed, separate, strict=True):
+        assert a.finished and len(a.history) == len(b.history) == limits[a.config.seed]
+        assert torch.equal(a.shuffle_generator.get_state(), b.shuffle_generator.get_state())
+
+
+def test_interrupted_packed_seeds_resume(tmp_path, monkeypatch):
+    """Interrupted between two seeds' checkpoints (the worst moment: seed 0 has one more epoch
+    than the others), a rerun resumes each seed where its files stop and ends as an
+    uninterrupted run does."""
+    configs = [tiny_config(tmp_path / "interrupted", seed=seed, epochs=3) for seed in range(SEEDS)]
+    real_finish_epoch = train_module.Trainer.finish_epoch
+
+    def interrupt_after_seed0_epoch2(self, epoch, row):
+        real_finish_epoch(self, epoch, row)
+        if epoch == 2 and self.config.seed == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.Trainer, "finish_epoch", interrupt_after_seed0_epoch2)
+    with pytest.raises(KeyboardInterrupt):
+        fit_seeds(configs, pack=True)
+    monkeypatch.setattr(train_module.Trainer, "finish_epoch", real_finish_epoch)
+    states = {config.seed: rundir.read_status(config.run_dir()) for config in configs}
+    assert all(status.state == "interrupted" for status in states.values())
+    assert [len(rundir.read_run(c.run_dir()).history) for c in configs] == [2, 1, 1]
+
+    resumed = fit_seeds(configs, pack=True)
+    reference = fit_seeds([tiny_config(tmp_path / "reference", seed=s, epochs=3) for s in range(SEEDS)], pack=True)
+    _assert_same_runs(resumed, reference)
+    assert all(run.status.state == "complete" for run in resumed)
