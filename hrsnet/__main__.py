@@ -1,4 +1,4 @@
-"""Command line: ``python -m hrsnet {train,summary,runs,bench} ...`` (``--help`` on each)."""
+"""Command line: ``python -m hrsnet {train,summary,runs,bench,gpucheck,report} ...`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -173,15 +173,41 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .bench import BenchOptions, estimate_profile, parse_setting, run_benchmark
+    from .bench import BenchOptions, estimate_profile, estimate_totals, parse_setting, run_benchmark
 
     if args.estimate:
-        rows = estimate_profile(args.estimate, args.device, args.steps, args.warmup, args.quiet)
-        total = sum(row["run_minutes"] for row in rows)
-        print(
-            f"profile {args.estimate}: at most {total:.0f} minutes ({total / 60:.1f} h) for {len(rows)} runs "
-            "at the epoch limit; early stopping ends most runs sooner"
+        rows = estimate_profile(
+            args.estimate,
+            args.device,
+            args.steps,
+            args.warmup,
+            args.quiet,
+            histories=args.histories,
+            bench_csv=args.bench_csv,
+            wall_csv=args.wall_csv,
         )
+        totals = estimate_totals(rows, args.jobs, args.speedup)
+        if args.output:
+            from .rundir import atomic_write
+
+            atomic_write(args.output, lambda stream: pd.DataFrame(rows).to_csv(stream, index=False))
+        missing = totals["runs"] - totals["runs_measured"]
+        note = f" ({missing} runs not measured, left out)" if missing else ""
+        released, cap = totals["sequential_minutes_released"], totals["sequential_run_minutes"]
+        print(
+            f"profile {args.estimate}: at most {cap:.0f} minutes ({cap / 60:.1f} h) for {len(rows)} runs "
+            f"at the epoch limit; {released:.0f} minutes ({released / 60:.1f} h) at the authors' epoch counts{note}"
+        )
+        if args.jobs > 1:
+            print(
+                f"  {args.jobs} concurrent jobs, measured speedup {totals['speedup']:.2f}x: "
+                f"{totals['concurrent_run_minutes']:.0f} minutes at the limit, "
+                f"{totals['concurrent_minutes_released']:.0f} at the authors' counts"
+            )
+        if not all(row["validation_counted"] for row in rows if row["source"] != "not measured"):
+            print("  note: validation time not measured for some runs (history without val_seconds): left out")
+        if args.output:
+            print(f"written: {args.output}")
         return 0
     options = BenchOptions(
         archs=tuple(args.arch or BenchOptions.archs),
@@ -199,6 +225,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results_dir=args.results_dir,
         output=args.output,
         quiet=args.quiet,
+        only=tuple(args.only or ()),
+        resume=args.resume,
+        grid_variant=args.grid_variant,
     )
     rows, summary, path = run_benchmark(options)
     columns = [
@@ -210,16 +239,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "variant",
         "train_images_per_second",
         "inference_images_per_second",
+        "compile_seconds",
         "peak_memory_gib",
         "achieved_tflops",
         "flop_utilisation",
     ]
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
-        print(pd.DataFrame(rows)[columns].to_string(index=False))
+    if rows:
+        frame = pd.DataFrame(rows)[columns]
+        numeric = columns[6:]
+        frame[numeric] = frame[numeric].astype(float)
+        with pd.option_context(
+            "display.width", 220, "display.max_columns", 20, "display.float_format", "{:.3g}".format
+        ):
+            print(frame.to_string(index=False))
     for key, value in summary.items():
         print(f"{key}: {value:.3g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"written: {path}")
     return 0
+
+
+def cmd_gpucheck(args: argparse.Namespace) -> int:
+    from .gpucheck import run_gpucheck
+
+    return run_gpucheck(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,11 +332,60 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-timm", action="store_true", help="skip timm's hrnet_w18")
     bench.add_argument("--no-ablation", action="store_true", help="skip the fast-path ablation")
     bench.add_argument("--no-preprocessing", action="store_true", help="skip the preprocessing comparison")
+    bench.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PART",
+        help="run only these parts: grid, peer, ablation, preprocessing, or grid cells NETWORK:C "
+        "(e.g. hrnet_official:30); default: all",
+    )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in the output CSV and measure only the missing ones "
+        "(each row is appended as soon as it is measured, so a killed run loses at most the rows in flight)",
+    )
+    bench.add_argument(
+        "--grid-variant",
+        choices=("default", "graphs", "plain"),
+        default="default",
+        help="the grid's switches: training's defaults, plus the whole-step CUDA graph, or plain fp32 eager",
+    )
     bench.add_argument("--estimate", metavar="PROFILE", help="instead: estimate the minutes of each run of PROFILE")
+    bench.add_argument(
+        "--histories",
+        nargs="+",
+        metavar="PATH",
+        help="--estimate: epoch times from these runs' history.csv (run directories or folders of them)",
+    )
+    bench.add_argument("--bench-csv", default=None, help="--estimate: epoch times from this bench CSV's rows")
+    bench.add_argument(
+        "--wall-csv", default=None, help="--estimate: run_id,wall_seconds of the runs in --histories (start-up, test)"
+    )
+    bench.add_argument("--jobs", type=positive_int, default=1, help="--estimate: concurrent jobs on the device")
+    bench.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="--estimate: measured combined throughput of --jobs concurrent jobs over one job alone (default 1)",
+    )
     bench.add_argument("--results-dir", default="results")
-    bench.add_argument("--output", default=None, help="CSV path (default: RESULTS_DIR/bench/<device>.csv)")
+    bench.add_argument(
+        "--output",
+        default=None,
+        help="CSV path (default: RESULTS_DIR/bench/<device>.csv; with --estimate: no CSV unless given)",
+    )
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(handler=cmd_bench)
+
+    from .gpucheck import add_gpucheck_arguments
+
+    gpucheck = commands.add_parser(
+        "gpucheck",
+        help="correctness checks of the GPU fast paths (CUDA graphs, compile, bf16, ...); --dry-run on a CPU",
+    )
+    add_gpucheck_arguments(gpucheck)
+    gpucheck.set_defaults(handler=cmd_gpucheck)
 
     report = commands.add_parser("report", help="merge executed notebooks into one HTML page, code hidden")
     report.add_argument("notebooks", nargs="+", help="executed notebooks, in page order")

@@ -10,8 +10,10 @@ image come from FlopCounterMode on the meta device (forward + backward of one im
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
+import os
 import platform
 import re
 import statistics
@@ -66,6 +68,39 @@ FULL_SPLIT_SIZES = {
     "digits": (1150, 288, 359),
 }
 NUM_CLASSES = 100
+# compile_seconds: the wall time of building the step and its first FIRST_STEPS steps, less
+# FIRST_STEPS steady steps: torch.compile's compilation, or a CUDA graph's warm-up and capture.
+FIRST_STEPS = 3
+# One row of results/bench/<device>.csv; rows are appended as they are measured.
+BENCH_COLUMNS = [
+    "device",
+    "device_name",
+    "torch",
+    "group",
+    "model",
+    "arch",
+    "width",
+    "setting",
+    "image_size",
+    "batch_size",
+    "variant",
+    "precision",
+    "channels_last",
+    "compile",
+    "graphs",
+    "optimizer_kernel",
+    "train_step_ms",
+    "compile_seconds",
+    "train_images_per_second",
+    "peak_memory_gib",
+    "inference_images_per_second",
+    "train_gflops_per_image",
+    "achieved_tflops",
+    "peak_tflops",
+    "flop_utilisation",
+]
+ROW_KEY = ("group", "model", "width", "setting", "variant")  # what --resume matches rows by
+PARTS = ("grid", "peer", "ablation", "preprocessing")  # what --only can name, besides NETWORK:C
 
 
 @dataclass(frozen=True)
@@ -84,6 +119,10 @@ class Variant:
     channels_last: bool = False
     compile: str = "none"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
     optimizer_kernel: str = "for-loop"  # "for-loop", "foreach" or "fused"
+    graphs: bool = False  # whole-step CUDA graph (hrsnet.cudagraphs); CUDA only
+
+
+PLAIN = Variant("plain fp32 eager")
 
 
 def default_settings(device: torch.device) -> list[Setting]:
@@ -118,20 +157,41 @@ def default_variant(device: torch.device) -> Variant:
     )
 
 
+def graphs_variant(device: torch.device) -> Variant:
+    """The default switches plus the whole-step CUDA graph."""
+    return dataclasses.replace(default_variant(device), name="default + whole-step CUDA graph", graphs=True)
+
+
 def ablation_variants(device: torch.device, include_compile: bool) -> list[Variant]:
-    """The plain fp32 eager path, then one fast-path switch added at a time."""
-    steps = [Variant("plain fp32 eager")]
+    """The plain fp32 eager path, then one fast-path switch added at a time; on CUDA, the
+    whole-step CUDA graph and torch.compile's two modes are each added to the fused step."""
+    steps = [PLAIN]
     steps.append(dataclasses.replace(steps[-1], name="+ channels_last", channels_last=True))
     if device.type == "cuda":
         steps.append(dataclasses.replace(steps[-1], name="+ bf16 autocast", precision="bf16"))
         steps.append(dataclasses.replace(steps[-1], name="+ fused optimizer", optimizer_kernel="fused"))
     else:
         steps.append(dataclasses.replace(steps[-1], name="+ foreach optimizer", optimizer_kernel="foreach"))
+    eager = steps[-1]
+    if device.type == "cuda":
+        steps.append(dataclasses.replace(eager, name="+ whole-step CUDA graph", graphs=True))
     if include_compile:
-        steps.append(dataclasses.replace(steps[-1], name="+ torch.compile", compile="default"))
+        steps.append(dataclasses.replace(eager, name="+ torch.compile", compile="default"))
         if device.type == "cuda":
-            steps.append(dataclasses.replace(steps[-1], name="+ CUDA graphs", compile="reduce-overhead"))
+            steps.append(dataclasses.replace(eager, name="+ torch.compile reduce-overhead", compile="reduce-overhead"))
     return steps
+
+
+def timm_variant(device: torch.device) -> Variant:
+    """timm's recommended fast settings, as its train.py applies them with ``--amp --amp-dtype
+    bfloat16 --channels-last``: autocast (bf16: no loss scaler, as timm does for bf16) and a
+    channels_last model; its SGD keeps torch's default kernel (foreach on CUDA). On a CPU without
+    bf16 units, channels_last in fp32."""
+    if device.type == "cuda":
+        return Variant(
+            "timm AMP bf16 + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach"
+        )
+    return Variant("timm channels_last", channels_last=True, optimizer_kernel="foreach")
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -208,7 +268,9 @@ def _source_batch(device: torch.device, count: int = 512) -> torch.Tensor:
 
 
 def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device: torch.device):
-    """A closure doing one training step of fit() (gather, preprocess, forward, backward, optimizer)."""
+    """A closure doing one training step of fit() (gather by index, preprocess, forward, backward,
+    optimizer); with ``variant.graphs`` the whole step is a CUDA graph (hrsnet.cudagraphs), whose
+    warm-up and capture happen here."""
     from .config import TrainConfig
     from .train import training_step
 
@@ -226,15 +288,32 @@ def make_train_step(model: nn.Module, variant: Variant, setting: Setting, device
     forward = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
     source = _source_batch(device)
     labels_all = torch.randint(0, NUM_CLASSES, (len(source),), generator=torch.Generator().manual_seed(1)).to(device)
+    # Batch indices as fit() has them: a device permutation, sliced per step (no host work).
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(2)).to(device)
     position = [0]
+
+    def next_index() -> torch.Tensor:
+        start = position[0] % (len(source) - setting.batch_size + 1)
+        position[0] += setting.batch_size
+        return order[start : start + setting.batch_size]
+
+    if variant.graphs:
+        from .cudagraphs import GraphedTrainStep
+
+        graphed = GraphedTrainStep(
+            model, optimizer, source, labels_all, setting.batch_size, setting.image_size, variant.precision, layout
+        )
+
+        def graph_step() -> None:
+            graphed.step(next_index())
+
+        return graph_step
 
     def step() -> None:
         model.train()
-        start = position[0] % (len(source) - setting.batch_size + 1)
-        position[0] += setting.batch_size
-        batch = slice(start, start + setting.batch_size)
+        index = next_index()
         training_step(
-            forward, optimizer, source[batch], labels_all[batch], setting.image_size, variant.precision, layout
+            forward, optimizer, source[index], labels_all[index], setting.image_size, variant.precision, layout
         )
 
     return step
@@ -275,15 +354,23 @@ def measure(
     temperature during the run touches all of them alike. The median block is reported.
     """
     prepared = []
+    first_seconds = []
     for name, width, variant in cases:
         torch.manual_seed(0)
         model = build_model(name, width)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        begin = time.perf_counter()
         train_step = make_train_step(model, variant, setting, device)
-        for _ in range(warmup):
+        for index in range(warmup):
             train_step()
+            if index + 1 == min(warmup, FIRST_STEPS):
+                _sync(device)
+                first_seconds.append(time.perf_counter() - begin)
+        if warmup == 0:
+            first_seconds.append(math.nan)
         _sync(device)
         peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
         infer_step = None
@@ -301,11 +388,16 @@ def measure(
             if infer_step is not None:
                 infer_blocks[index].append(_block_seconds(infer_step, device, steps))
     rows = []
-    for (_, _, peak_memory), train_times, infer_times in zip(prepared, train_blocks, infer_blocks):
+    for case, (_, _, peak_memory), train_times, infer_times, first in zip(
+        cases, prepared, train_blocks, infer_blocks, first_seconds
+    ):
         step_seconds = statistics.median(train_times)
+        variant = case[2]
+        compiled = variant.compile != "none" or variant.graphs
         rows.append(
             {
                 "train_step_ms": step_seconds * 1000,
+                "compile_seconds": max(0.0, first - min(warmup, FIRST_STEPS) * step_seconds) if compiled else math.nan,
                 "train_images_per_second": setting.batch_size / step_seconds,
                 "peak_memory_gib": peak_memory,
                 "inference_images_per_second": setting.batch_size / statistics.median(infer_times)
@@ -333,6 +425,9 @@ class BenchOptions:
     results_dir: str = "results"
     output: str | None = None  # CSV path; default results_dir/bench/<device>.csv
     quiet: bool = False
+    only: tuple[str, ...] = ()  # parts (PARTS) and grid cells NETWORK:C; empty: everything
+    resume: bool = False  # keep the CSV's rows and measure only the missing ones
+    grid_variant: str = "default"  # the grid's switches: default, graphs (CUDA) or plain
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -340,9 +435,73 @@ def _log(message: str, quiet: bool) -> None:
         print(message, flush=True)
 
 
+def parse_only(items: tuple[str, ...] | list[str], archs: tuple[str, ...]) -> tuple[set[str], set[tuple[str, int]]]:
+    """``--only`` items -> (parts to run, grid cells). A cell NETWORK:C implies the grid part."""
+    parts: set[str] = set()
+    cells: set[tuple[str, int]] = set()
+    for item in items:
+        if item in PARTS:
+            parts.add(item)
+            continue
+        name, _, width = item.rpartition(":")
+        if not name or not width.isdigit() or name not in list_models():
+            raise ValueError(
+                f"--only takes {', '.join(PARTS)} or a grid cell NETWORK:C with NETWORK one of "
+                f"{', '.join(list_models())} (e.g. hrnet_official:30); got {item!r}"
+            )
+        cells.add((name, int(width)))
+        parts.add("grid")
+    return parts, cells
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[key]) for key in ROW_KEY)
+
+
+def read_bench_csv(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a bench CSV (a line cut short by a killed run is left out)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        if reader.fieldnames != BENCH_COLUMNS:
+            raise ValueError(
+                f"{path} has other columns than this version writes; move it away, or rerun without --resume"
+            )
+        return [row for row in reader if None not in row.values() and None not in row]
+
+
+class BenchWriter:
+    """Appends each measured row to the CSV at once (flushed and fsynced), so a run killed
+    at any point keeps every row measured before; ``resume`` keeps the file's complete rows."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = read_bench_csv(path) if resume else []
+        self.done = {_row_key(row) for row in kept}
+        # Rewritten whole (atomically) first: drops a cut-short last line, writes the header.
+        atomic_write(path, lambda stream: self._write(stream, kept, header=True))
+
+    @staticmethod
+    def _write(stream, rows, header: bool) -> None:
+        writer = csv.DictWriter(stream, fieldnames=BENCH_COLUMNS, lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        with open(self.path, "a", newline="") as stream:
+            self._write(stream, [{key: row[key] for key in BENCH_COLUMNS} for row in rows], header=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        self.done.update(_row_key(row) for row in rows)
+
+
 def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     """Measure every (network, width, setting), timm's peer, the fast-path ablation and the
-    preprocessing comparison; write results/bench/<device>.csv. Returns (rows, summary, path)."""
+    preprocessing comparison; each row is appended to results/bench/<device>.csv (or
+    ``options.output``) as soon as it is measured. Returns (rows of the CSV, summary, path)."""
     import pandas as pd
 
     device = resolve_device(options.device)
@@ -353,16 +512,35 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
     settings = list(options.settings or default_settings(device))
     peak = peak_tflops(device, options.peak_tflops)
     include_compile = cuda if options.include_compile is None else options.include_compile
+    parts, cells = parse_only(options.only, options.archs)
+    if not parts:
+        parts = {"grid"} | ({"peer"} if options.timm else set()) | ({"ablation"} if options.ablation else set())
+        parts |= {"preprocessing"} if options.preprocessing else set()
+    grid_variant = {"default": default_variant(device), "plain": PLAIN}.get(options.grid_variant)
+    if options.grid_variant == "graphs":
+        grid_variant = graphs_variant(device)
+    if grid_variant is None:
+        raise ValueError(f"--grid-variant must be default, graphs or plain; got {options.grid_variant!r}")
+    if grid_variant.graphs and not cuda:
+        raise ValueError("--grid-variant graphs needs a CUDA device (whole-step CUDA graphs)")
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     base = {"device": device_slug(device), "device_name": device_name(device), "torch": torch.__version__}
-    rows: list[dict[str, Any]] = []
+    path = Path(options.output) if options.output else Path(options.results_dir) / "bench" / f"{base['device']}.csv"
+    writer = BenchWriter(path, options.resume)
     flops_cache: dict[tuple[str, int, int], int] = {}
 
     def record(cases: list[tuple[str, str, int, Variant]], setting: Setting, group: str) -> None:
-        """Measure (name, arch, width, variant) cases side by side; one row each."""
+        """Measure (name, arch, width, variant) cases side by side; append one row each."""
+        cases = [
+            (name, arch, width, variant)
+            for name, arch, width, variant in cases
+            if (group, name, str(width), setting.name, variant.name) not in writer.done
+        ]
+        if not cases:
+            return
         for name, _, width, _ in cases:
             if (name, width, setting.image_size) not in flops_cache:
                 flops_cache[(name, width, setting.image_size)] = train_flops_per_image(name, width, setting.image_size)
@@ -378,6 +556,7 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
                     raise
                 torch.cuda.empty_cache()
                 batch = dataclasses.replace(batch, batch_size=batch.batch_size // 2)
+        rows = []
         for (name, arch, width, variant), result in zip(cases, measured):
             flops = flops_cache[(name, width, setting.image_size)]
             achieved = flops * result["train_images_per_second"] / 1e12
@@ -394,6 +573,7 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
                 "precision": variant.precision,
                 "channels_last": variant.channels_last,
                 "compile": variant.compile,
+                "graphs": variant.graphs,
                 "optimizer_kernel": variant.optimizer_kernel,
                 **result,
                 "train_gflops_per_image": flops / 1e9,
@@ -402,37 +582,38 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
                 "flop_utilisation": achieved / peak if peak else math.nan,
             }
             rows.append(row)
+            compiled = f"  compile {row['compile_seconds']:.1f} s" if math.isfinite(row["compile_seconds"]) else ""
             _log(
-                f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:24s} "
+                f"  {group:9s} {name:16s} C={width:<3d} {setting.name:10s} {variant.name:32s} "
                 f"train {row['train_images_per_second']:8.1f} img/s  "
-                f"infer {row['inference_images_per_second']:8.1f} img/s",
+                f"infer {row['inference_images_per_second']:8.1f} img/s{compiled}",
                 options.quiet,
             )
+        writer.append(rows)
 
     _log(
         f"benchmark on {base['device_name']} (torch {torch.__version__}); warm-up {warmup}, "
-        f"{steps} steps x {repeats} repeats, median",
+        f"{steps} steps x {repeats} repeats, median; rows appended to {path}"
+        + (f" (resuming: {len(writer.done)} rows kept)" if options.resume else ""),
         options.quiet,
     )
     default = default_variant(device)
-    # timm's recommended fast settings: AMP and channels_last (train.py --amp --channels-last).
-    # bf16 rather than timm's default fp16 AMP, as ours; on a CPU without bf16 units, fp32.
-    timm_variant = (
-        Variant("timm AMP + channels_last", precision="bf16", channels_last=True, optimizer_kernel="foreach")
-        if cuda
-        else Variant("timm channels_last", channels_last=True, optimizer_kernel="foreach")
-    )
+    peer_ours = [default] + ([graphs_variant(device)] if cuda else []) + [PLAIN]
     for setting in settings:
-        for arch in options.archs:
-            for width in options.widths:
-                record([(arch, arch, width, default)], setting, "grid")
-        if options.timm:  # the ratio pair, interleaved
+        if "grid" in parts:
+            for arch in options.archs:
+                for width in options.widths:
+                    if cells and (arch, width) not in cells:
+                        continue
+                    record([(arch, arch, width, grid_variant)], setting, "grid")
+        if "peer" in parts:  # timm's fast settings vs our fast paths and our plain fp32 path, interleaved
             record(
-                [("hrnet_official", "hrnet_official", 18, default), (TIMM_PEER, "hrnet_official", 18, timm_variant)],
+                [("hrnet_official", "hrnet_official", 18, variant) for variant in peer_ours]
+                + [(TIMM_PEER, "hrnet_official", 18, timm_variant(device))],
                 setting,
                 "peer",
             )
-    if options.ablation:  # each fast path added in turn, all interleaved
+    if "ablation" in parts:  # each fast path added in turn, all interleaved
         ablation_setting = next((s for s in settings if s.batch_size == 16), settings[0])
         record(
             [
@@ -443,29 +624,48 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
             "ablation",
         )
 
-    summary: dict[str, Any] = {"device": base["device_name"]}
-    frame = pd.DataFrame(rows)
-    for setting in settings:
-        pair = frame[(frame["group"] == "peer") & (frame["setting"] == setting.name)] if len(frame) else frame
-        ours, peer = pair[pair["model"] == "hrnet_official"], pair[pair["model"] == TIMM_PEER]
-        if len(ours) and len(peer):
-            summary[f"vs_timm_train_{setting.name}"] = (
-                ours["train_images_per_second"].iloc[0] / peer["train_images_per_second"].iloc[0]
-            )
-            summary[f"vs_timm_inference_{setting.name}"] = (
-                ours["inference_images_per_second"].iloc[0] / peer["inference_images_per_second"].iloc[0]
-            )
-    ablation = frame[frame["group"] == "ablation"] if len(frame) else frame
-    if len(ablation) > 1:
-        summary["fastest_vs_plain"] = (
-            ablation["train_images_per_second"].max() / ablation["train_images_per_second"].iloc[0]
-        )
-    if options.preprocessing:
+    rows = read_bench_csv(path)
+    summary = summarise(pd.DataFrame(rows, columns=BENCH_COLUMNS), base["device_name"])
+    if "preprocessing" in parts:
         summary.update(compare_preprocessing(device, quiet=options.quiet))
-
-    path = Path(options.output) if options.output else Path(options.results_dir) / "bench" / f"{base['device']}.csv"
-    atomic_write(path, lambda stream: frame.to_csv(stream, index=False))
     return rows, summary, path
+
+
+def summarise(frame, device: str) -> dict[str, Any]:
+    """Ratios from a bench CSV's rows: our fastest and our plain path vs timm per setting, and
+    the fastest ablation step vs the plain path."""
+    summary: dict[str, Any] = {"device": device}
+    if not len(frame):
+        return summary
+    frame = frame.copy()
+    for column in ("train_images_per_second", "inference_images_per_second"):
+        frame[column] = frame[column].astype(float)
+    for setting in dict.fromkeys(frame["setting"]):
+        pair = frame[(frame["group"] == "peer") & (frame["setting"] == setting)]
+        ours, peer = pair[pair["model"] == "hrnet_official"], pair[pair["model"] == TIMM_PEER]
+        if not (len(ours) and len(peer)):
+            continue
+        timm_train = peer["train_images_per_second"].iloc[0]
+        best = ours.loc[ours["train_images_per_second"].idxmax()]
+        summary[f"vs_timm_train_{setting}"] = best["train_images_per_second"] / timm_train
+        summary[f"vs_timm_train_{setting}_ours"] = best["variant"]
+        summary[f"vs_timm_inference_{setting}"] = (
+            ours["inference_images_per_second"].max() / peer["inference_images_per_second"].iloc[0]
+        )
+        plain = ours[ours["variant"] == PLAIN.name]
+        if len(plain):
+            summary[f"plain_vs_timm_train_{setting}"] = plain["train_images_per_second"].iloc[0] / timm_train
+            summary[f"fastest_vs_plain_{setting}"] = (
+                best["train_images_per_second"] / plain["train_images_per_second"].iloc[0]
+            )
+    ablation = frame[frame["group"] == "ablation"]
+    if len(ablation) > 1:
+        plain = ablation[ablation["variant"] == PLAIN.name]
+        if len(plain):
+            summary["fastest_vs_plain"] = (
+                ablation["train_images_per_second"].max() / plain["train_images_per_second"].iloc[0]
+            )
+    return summary
 
 
 def compare_preprocessing(
@@ -515,49 +715,273 @@ def compare_preprocessing(
     return result
 
 
+@dataclass
+class EpochCost:
+    """Seconds of one epoch of one (network, C) at the profile's full split sizes, and per run
+    what is paid once. NaN: not measured (left out of the sums, and said so)."""
+
+    train_seconds: float
+    val_seconds: float = math.nan
+    checkpoint_seconds: float = math.nan
+    test_seconds: float = math.nan  # the test pass after training
+    overhead_seconds: float = math.nan  # per run: start-up, data, test pass (from wall times)
+    source: str = ""
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.train_seconds + _nz(self.val_seconds) + _nz(self.checkpoint_seconds)
+
+    def run_seconds(self, epochs: int) -> float:
+        return epochs * self.epoch_seconds + _nz(self.test_seconds) + _nz(self.overhead_seconds)
+
+
+def _nz(value: float) -> float:
+    return 0.0 if value is None or not math.isfinite(value) else float(value)
+
+
+def released_epochs(arch: str, width: int) -> int | None:
+    """How many epochs the authors' released run of (arch, C) went (hrsnet.paper), or None."""
+    from .paper import RELEASED_NOTEBOOK_RESULTS
+
+    entry = RELEASED_NOTEBOOK_RESULTS.get((arch, width))
+    match = re.match(r"\s*(\d+)", entry[1]) if entry else None
+    return int(match[1]) if match else None
+
+
+def _history_dirs(paths: list[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "history.csv").exists():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(history.parent for history in path.rglob("history.csv")))
+        else:
+            raise ValueError(f"{path} is neither a run directory (with history.csv) nor a folder of runs")
+    return found
+
+
+def _history_column(history, name: str):
+    """A history's column as floats without its empty values (epochs restored from a checkpoint
+    written before the column existed), or None when it has no value at all."""
+    if name not in history:
+        return None
+    values = history[name].astype(float).dropna()
+    return values if len(values) else None
+
+
+def read_wall_seconds(path: str | Path | None) -> dict[str, float]:
+    """run_id -> wall seconds of the whole ``python -m hrsnet train`` process (a CSV with columns
+    run_id, wall_seconds, as scripts/gpu_session.sh writes it); the last row of a run id counts."""
+    if path is None or not Path(path).exists():
+        return {}
+    with open(path, newline="") as stream:
+        return {row["run_id"]: float(row["wall_seconds"]) for row in csv.DictReader(stream) if row.get("wall_seconds")}
+
+
+def epoch_costs_from_histories(
+    paths: list[str | Path], full_train: int, full_val: int, wall_seconds: dict[str, float] | None = None
+) -> dict[tuple[str, int], EpochCost]:
+    """(arch, C) -> EpochCost from the history.csv of real runs (run directories, or folders
+    holding them), scaled to ``full_train`` / ``full_val`` images from each run's own split sizes
+    (config.json). Training seconds are ``train_seconds`` when the history has that column, else
+    ``epoch_seconds`` (the training loop); ``val_seconds`` and ``checkpoint_seconds`` are used when
+    present. With the run's wall time (``wall_seconds``, by run id), what the epochs do not account
+    for (start-up, data, test pass) is the run's overhead. Several runs of one (arch, C): medians."""
+    import json
+
+    import pandas as pd
+
+    per_cell: dict[tuple[str, int], list[tuple[EpochCost, str]]] = {}
+    wall_seconds = wall_seconds or {}
+    for run_dir in _history_dirs(paths):
+        config = json.loads((run_dir / "config.json").read_text())
+        train, dataset = config["train"], config["dataset"]
+        history = pd.read_csv(run_dir / "history.csv")
+        if not len(history):
+            continue
+
+        train_seconds = _history_column(history, "train_seconds")
+        if train_seconds is None:
+            train_seconds = history["epoch_seconds"].astype(float)
+        val_seconds = _history_column(history, "val_seconds")
+        checkpoint_seconds = _history_column(history, "checkpoint_seconds")
+        measured = train_seconds.sum() + sum(c.sum() for c in (val_seconds, checkpoint_seconds) if c is not None)
+        wall = wall_seconds.get(config["run_id"], math.nan)
+        cost = EpochCost(
+            train_seconds=float(train_seconds.median()) * full_train / dataset["train_size"],
+            val_seconds=float(val_seconds.median()) * full_val / dataset["val_size"]
+            if val_seconds is not None
+            else math.nan,
+            checkpoint_seconds=float(checkpoint_seconds.median()) if checkpoint_seconds is not None else math.nan,
+            overhead_seconds=max(0.0, wall - measured) if math.isfinite(wall) else math.nan,
+        )
+        setting = f"{train['image_size']}px batch {train['batch_size']}"
+        per_cell.setdefault((train["arch"], int(train["width"])), []).append((cost, setting))
+    costs = {}
+    for cell, measured in per_cell.items():
+        fields = ("train_seconds", "val_seconds", "checkpoint_seconds", "overhead_seconds")
+        values = {
+            name: statistics.median(getattr(cost, name) for cost, _ in measured)
+            if all(math.isfinite(getattr(cost, name)) for cost, _ in measured)
+            else math.nan
+            for name in fields
+        }
+        settings = sorted({setting for _, setting in measured})
+        costs[cell] = EpochCost(**values, source=f"history of {len(measured)} run(s) at {', '.join(settings)}")
+    return costs
+
+
+def epoch_cost_from_step(step_ms: float, inference_images_per_second: float, config, source: str) -> EpochCost:
+    """An epoch from a training step time and an inference rate at the run's settings."""
+    full_train, full_val, full_test = FULL_SPLIT_SIZES[config.dataset]
+    train_images = min(config.train_subset or full_train, full_train)
+    val_images = min(config.val_subset or full_val, full_val)
+    test_images = min(config.test_subset or full_test, full_test)
+    return EpochCost(
+        train_seconds=math.ceil(train_images / config.batch_size) * step_ms / 1000,
+        val_seconds=val_images / inference_images_per_second,
+        test_seconds=test_images * 2 / inference_images_per_second,  # last and best model
+        source=source,
+    )
+
+
+def epoch_costs_from_bench_csv(path: str | Path, configs) -> dict[tuple[str, int], EpochCost]:
+    """(arch, C) -> EpochCost from a bench CSV's rows at the runs' image size and batch (the
+    grid's row first, else any row of our network with the default switches)."""
+    rows = read_bench_csv(Path(path))
+    costs = {}
+    for config in configs:
+        matching = [
+            row
+            for row in rows
+            if row["model"] == config.arch
+            and int(row["width"]) == config.width
+            and int(row["image_size"]) == config.image_size
+            and int(row["batch_size"]) == config.batch_size
+        ]
+        matching.sort(key=lambda row: (row["group"] != "grid", row["variant"] != "default"))
+        if matching:
+            row = matching[0]
+            costs[(config.arch, config.width)] = epoch_cost_from_step(
+                float(row["train_step_ms"]),
+                float(row["inference_images_per_second"]),
+                config,
+                f"bench CSV {Path(path).name}: {row['group']} {row['variant']}",
+            )
+    return costs
+
+
 def estimate_profile(
-    profile: str, device: str = "auto", steps: int | None = None, warmup: int | None = None, quiet: bool = False
+    profile: str,
+    device: str = "auto",
+    steps: int | None = None,
+    warmup: int | None = None,
+    quiet: bool = False,
+    histories: list[str | Path] | None = None,
+    bench_csv: str | Path | None = None,
+    wall_csv: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Minutes per run of a profile, from measured step and evaluation times at its settings:
-    (train batches x step time + validation images / inference rate) x max epochs + the test pass."""
+    """Minutes per run of ``profile``: epochs x (training + validation + checkpoint seconds of one
+    epoch) + what a run pays once (test pass, start-up), at the authors' epoch counts (hrsnet.paper;
+    where they released none for a network and C, the profile's cap) and at the cap.
+
+    Epoch times come from the history.csv of real runs (``histories``; the most faithful: the
+    real loop), else from a bench CSV's rows at the profile's settings, else are measured here
+    (training step and inference rate, as the bench does). A (network, C) with no source in
+    histories or the bench CSV is measured here too, unless histories were given (then it is
+    reported as not measured)."""
     from .experiments import profile_runs
 
-    resolved = resolve_device(device)
-    cuda = resolved.type == "cuda"
-    variant = default_variant(resolved)
+    configs = profile_runs(profile)
+    full_train, full_val, _ = FULL_SPLIT_SIZES[configs[0].dataset]
+    train_images = min(configs[0].train_subset or full_train, full_train)
+    val_images = min(configs[0].val_subset or full_val, full_val)
+    costs: dict[tuple[str, int], EpochCost] = {}
+    if histories:
+        costs.update(epoch_costs_from_histories(histories, train_images, val_images, read_wall_seconds(wall_csv)))
+    if bench_csv is not None:
+        for cell, cost in epoch_costs_from_bench_csv(bench_csv, configs).items():
+            costs.setdefault(cell, cost)
+    resolved = None
     rows = []
-    for config in profile_runs(profile):
-        full_train, full_val, full_test = FULL_SPLIT_SIZES[config.dataset]
-        train_images = min(config.train_subset or full_train, full_train)
-        val_images = min(config.val_subset or full_val, full_val)
-        test_images = min(config.test_subset or full_test, full_test)
-        setting = Setting(profile, config.image_size, config.batch_size)
-        measured = measure(
-            [(config.arch, config.width, variant)],
-            setting,
-            resolved,
-            warmup if warmup is not None else (10 if cuda else 1),
-            steps if steps is not None else (20 if cuda else 2),
-            3 if cuda else 1,
-        )[0]
-        epoch_seconds = (
-            math.ceil(train_images / config.batch_size) * measured["train_step_ms"] / 1000
-            + val_images / measured["inference_images_per_second"]
-        )
-        minutes = (epoch_seconds * config.epochs + test_images * 2 / measured["inference_images_per_second"]) / 60
-        rows.append(
-            {
-                "run_id": config.run_id,
-                "arch": config.arch,
-                "width": config.width,
-                "epoch_minutes": epoch_seconds / 60,
-                "max_epochs": config.epochs,
-                "run_minutes": minutes,
-            }
-        )
-        _log(
-            f"  {config.arch:16s} C={config.width:<3d} {epoch_seconds / 60:7.2f} min/epoch, "
-            f"at most {minutes:8.1f} min for {config.epochs} epochs",
-            quiet,
-        )
+    for config in configs:
+        cell = (config.arch, config.width)
+        if cell not in costs and not histories and bench_csv is None:
+            resolved = resolved or resolve_device(device)
+            cuda = resolved.type == "cuda"
+            measured = measure(
+                [(config.arch, config.width, default_variant(resolved))],
+                Setting(profile, config.image_size, config.batch_size),
+                resolved,
+                warmup if warmup is not None else (10 if cuda else 1),
+                steps if steps is not None else (20 if cuda else 2),
+                3 if cuda else 1,
+            )[0]
+            costs[cell] = epoch_cost_from_step(
+                measured["train_step_ms"],
+                measured["inference_images_per_second"],
+                config,
+                f"measured here ({device_name(resolved)})",
+            )
+        cost = costs.get(cell)
+        released = released_epochs(config.arch, config.width)
+        epochs_released = released if released is not None else config.epochs
+        row = {
+            "run_id": config.run_id,
+            "arch": config.arch,
+            "width": config.width,
+            "seed": config.seed,
+            "epoch_minutes": cost.epoch_seconds / 60 if cost else math.nan,
+            "validation_counted": bool(cost and math.isfinite(cost.val_seconds)),
+            "epochs_released": epochs_released,
+            "epochs_released_source": "released" if released is not None else "cap (none released)",
+            "minutes_released": cost.run_seconds(epochs_released) / 60 if cost else math.nan,
+            "max_epochs": config.epochs,
+            "run_minutes": cost.run_seconds(config.epochs) / 60 if cost else math.nan,
+            "source": cost.source if cost else "not measured",
+        }
+        rows.append(row)
+        if config.seed == configs[0].seed:
+            _log(
+                f"  {config.arch:16s} C={config.width:<3d} {row['epoch_minutes']:7.2f} min/epoch; "
+                f"{row['minutes_released']:7.1f} min at {epochs_released} epochs ({row['epochs_released_source']}), "
+                f"{row['run_minutes']:7.1f} min at {config.epochs}  [{row['source']}]",
+                quiet,
+            )
     return rows
+
+
+def estimate_totals(rows: list[dict[str, Any]], jobs: int = 1, speedup: float | None = None) -> dict[str, Any]:
+    """Total minutes of the estimate's runs, in sequence and as ``jobs`` concurrent jobs on one
+    device, whose combined throughput is ``speedup`` x one job's (measured; default: no gain).
+
+    With N jobs each runs at speedup/N of its solo speed, so the wall time is the larger of
+    total/speedup (the work, shared) and the longest run x N/speedup (it cannot be split)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1; got {jobs}")
+    speedup = 1.0 if speedup is None else float(speedup)
+    if not speedup > 0:
+        raise ValueError(f"speedup must be > 0; got {speedup}")
+    measured = [row for row in rows if math.isfinite(row["run_minutes"])]
+    totals: dict[str, Any] = {"runs": len(rows), "runs_measured": len(measured), "jobs": jobs, "speedup": speedup}
+    for key in ("minutes_released", "run_minutes"):
+        total = sum(row[key] for row in measured)
+        longest = max((row[key] for row in measured), default=0.0)
+        totals[f"sequential_{key}"] = total
+        totals[f"concurrent_{key}"] = max(total / speedup, longest * jobs / speedup) if jobs > 1 else total
+    return totals
+
+
+def concurrency_speedup(single: str | Path, concurrent: str | Path) -> float:
+    """Combined training throughput of runs trained at the same time (``concurrent``: their run
+    directories, or a folder of them) over that of one run alone (``single``), from the
+    images_per_second of their histories' first epochs."""
+    import pandas as pd
+
+    def rates(path) -> list[float]:
+        return [float(pd.read_csv(run / "history.csv")["images_per_second"].iloc[0]) for run in _history_dirs([path])]
+
+    alone, together = rates(single), rates(concurrent)
+    if not alone or not together:
+        raise ValueError(f"no history.csv under {single if not alone else concurrent}")
+    return sum(together) / statistics.mean(alone)

@@ -115,7 +115,13 @@ def test_settings_and_variants():
     cpu = bench.ablation_variants(torch.device("cpu"), include_compile=False)
     assert cpu[0] == bench.Variant("plain fp32 eager") and cpu[-1].channels_last
     cuda = bench.ablation_variants(torch.device("cuda"), include_compile=True)
-    assert [v.name for v in cuda][-2:] == ["+ torch.compile", "+ CUDA graphs"] and cuda[-1].precision == "bf16"
+    assert [v.name for v in cuda][-3:] == [
+        "+ whole-step CUDA graph",
+        "+ torch.compile",
+        "+ torch.compile reduce-overhead",
+    ]
+    assert cuda[-3].graphs and cuda[-3].compile == "none" and not cuda[-1].graphs
+    assert all(v.precision == "bf16" and v.optimizer_kernel == "fused" for v in cuda[-3:])
 
 
 def test_peak_table():
@@ -167,3 +173,140 @@ def test_bench_command_on_cpu(tmp_path, capsys):
 def test_estimate_command(capsys):
     assert main(["bench", "--estimate", "smoke", "--steps", "1", "--warmup", "1", "--quiet"]) == 0
     assert "profile smoke: at most" in capsys.readouterr().out
+
+
+TINY_BENCH = ["--width", "1", "--settings", "tiny:32:4", "--warmup", "1", "--steps", "1", "--repeats", "1"]
+
+
+def _rows(path):
+    with open(path) as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_bench_only_and_resume(tmp_path, capsys):
+    """--only picks parts and grid cells; --resume measures only the rows the CSV lacks."""
+    output = tmp_path / "bench.csv"
+    args = ["bench", "--arch", "hrnet", *TINY_BENCH, "--output", str(output), "--quiet"]
+    assert main([*args, "--only", "hrnet:1"]) == 0
+    first = _rows(output)
+    assert [(row["group"], row["model"], row["width"]) for row in first] == [("grid", "hrnet", "1")]
+    assert list(first[0]) == bench.BENCH_COLUMNS and first[0]["compile_seconds"] == "nan"  # eager: no compile
+    with pytest.raises(ValueError, match="grid cell NETWORK:C"):
+        bench.parse_only(["hrnet:x"], ("hrnet",))
+    # Resume: the grid row is kept as it was, the ablation's rows are added.
+    assert main([*args, "--only", "grid", "ablation", "--resume"]) == 0
+    second = _rows(output)
+    assert second[0] == first[0]
+    assert [row["group"] for row in second] == ["grid"] + ["ablation"] * 3
+    assert "written:" in capsys.readouterr().out
+    # Without --resume the file starts over.
+    assert main([*args, "--only", "hrnet:1"]) == 0
+    assert len(_rows(output)) == 1
+
+
+def test_bench_rows_survive_a_kill(tmp_path):
+    """Rows are appended as measured: SIGKILL after the first row keeps it (and nothing half
+    written); --resume then measures only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "bench.csv"
+    command = [sys.executable, "-m", "hrsnet", "bench", "--device", "cpu", "--arch", "hrnet", "--arch", "hrsnet"]
+    command += [*TINY_BENCH, "--only", "grid", "--output", str(output), "--quiet"]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if output.exists() and len(_rows(output)) >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = _rows(output)
+    assert len(kept) == 1 and kept[0]["model"] == "hrnet", "killed after the first row"
+    assert main([*command[3:], "--resume"]) == 0
+    rows = _rows(output)
+    assert rows[0] == kept[0] and [row["model"] for row in rows] == ["hrnet", "hrsnet"]
+
+
+def test_bench_csv_drops_a_line_cut_short(tmp_path):
+    path = tmp_path / "bench.csv"
+    row = {column: "1" for column in bench.BENCH_COLUMNS}
+    writer = bench.BenchWriter(path, resume=False)
+    writer.append([row])
+    with open(path, "a") as stream:
+        stream.write("cpu,cpu,2.4,grid,hr")  # a kill in the middle of a line
+    assert len(bench.read_bench_csv(path)) == 1
+    resumed = bench.BenchWriter(path, resume=True)
+    assert len(resumed.done) == 1 and path.read_text().count("\n") == 2  # header + the complete row
+
+
+def _history_run(root, arch, width, train_size, val_size, rows, run_id=None):
+    """A run directory with config.json and history.csv, as fit() writes them."""
+    import json
+
+    run_dir = root / (run_id or f"{arch}_c{width}")
+    run_dir.mkdir(parents=True)
+    config = {
+        "run_id": run_dir.name,
+        "train": {"arch": arch, "width": width, "image_size": 224, "batch_size": 16},
+        "dataset": {"train_size": train_size, "val_size": val_size},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config))
+    columns = sorted({key for row in rows for key in row})
+    lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns) for row in rows]
+    (run_dir / "history.csv").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def test_estimate_from_histories_has_a_known_answer(tmp_path):
+    """Hand-made histories: hrnet C=2 trained on a quarter of the images for 100 s an epoch (so
+    400 s at full size), validated on half for 10 s (20 s), checkpoint 5 s; its wall time leaves
+    35 s of overhead. Released: hrnet C=2 went 35 epochs; the paper cap is 25."""
+    rows = [
+        {"epoch": epoch, "epoch_seconds": 100.0, "train_seconds": 100.0, "val_seconds": 10.0,
+         "checkpoint_seconds": 5.0, "images_per_second": 100.0}
+        for epoch in (1, 2)
+    ]  # fmt: skip
+    _history_run(tmp_path / "runs", "hrnet", 2, 10_000, 5_000, rows)
+    # Old histories (epoch_seconds only): validation is not counted.
+    _history_run(tmp_path / "runs", "hrsnet", 2, 40_000, 10_000, [{"epoch": 1, "epoch_seconds": 60.0}])
+    wall = tmp_path / "wall.csv"
+    wall.write_text("run_id,wall_seconds\nhrnet_c2,265\n")  # 2 x (100 + 10 + 5) + 35
+    costs = bench.epoch_costs_from_histories([tmp_path / "runs"], 40_000, 10_000, bench.read_wall_seconds(wall))
+    hrnet = costs[("hrnet", 2)]
+    assert (hrnet.train_seconds, hrnet.val_seconds, hrnet.checkpoint_seconds) == (400.0, 20.0, 5.0)
+    assert hrnet.overhead_seconds == pytest.approx(35.0)
+    assert hrnet.run_seconds(35) == pytest.approx(35 * 425 + 35)
+
+    estimate = bench.estimate_profile("paper", histories=[tmp_path / "runs"], wall_csv=wall, quiet=True)
+    assert len(estimate) == 27  # 3 networks x 3 widths x 3 seeds
+    by_cell = {(row["arch"], row["width"]): row for row in estimate}
+    row = by_cell[("hrnet", 2)]
+    assert row["epochs_released"] == 35 and row["epochs_released_source"] == "released"
+    assert row["minutes_released"] == pytest.approx((35 * 425 + 35) / 60)
+    assert row["run_minutes"] == pytest.approx((25 * 425 + 35) / 60) and row["validation_counted"]
+    hrsnet = by_cell[("hrsnet", 2)]
+    assert hrsnet["epochs_released"] == 17 and not hrsnet["validation_counted"]
+    assert hrsnet["run_minutes"] == pytest.approx(25 * 60 / 60)
+    assert by_cell[("hrnet", 18)]["epochs_released_source"] == "cap (none released)"
+    assert by_cell[("hrnet", 18)]["source"] == "not measured"
+
+    totals = bench.estimate_totals(estimate, jobs=3, speedup=2.0)
+    sequential = 3 * ((25 * 425 + 35) / 60 + 25)  # 3 seeds of each measured cell
+    assert totals["runs_measured"] == 6 and totals["sequential_run_minutes"] == pytest.approx(sequential)
+    longest = (25 * 425 + 35) / 60
+    assert totals["concurrent_run_minutes"] == pytest.approx(max(sequential / 2.0, longest * 3 / 2.0))
+    with pytest.raises(ValueError, match="speedup"):
+        bench.estimate_totals(estimate, jobs=2, speedup=0)
+
+
+def test_concurrency_speedup(tmp_path):
+    _history_run(tmp_path / "single", "hrnet", 18, 8000, 1000, [{"epoch": 1, "images_per_second": 100.0}])
+    for seed, rate in enumerate((60.0, 70.0, 80.0)):
+        _history_run(
+            tmp_path / "together", "hrnet", 18, 8000, 1000, [{"epoch": 1, "images_per_second": rate}], f"s{seed}"
+        )
+    assert bench.concurrency_speedup(tmp_path / "single", tmp_path / "together") == pytest.approx(2.1)

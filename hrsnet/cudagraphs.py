@@ -1,0 +1,254 @@
+"""Whole-step CUDA graphs: one captured training step, replayed once per batch.
+
+PyTorch's documented whole-network capture recipe (CUDA semantics, "Whole-network capture";
+``torch.cuda.graph``): a few eager warm-up steps on a side stream (cuDNN autotuning, the
+optimizer's state, the allocator), gradients set to None, then one step captured into a
+``torch.cuda.CUDAGraph`` with static input buffers; each later step copies its inputs into
+those buffers and replays the graph. What is captured here is the whole fixed-shape step of
+fit(): index gather from the device-resident uint8 split, augmentation (from a device
+generator), preprocessing, forward, loss, backward and the optimizer step. The only per-step
+input is a device tensor of batch indices (copied into a static index buffer); labels are
+gathered inside the graph, and loss and logits come back in static output tensors that the
+next replay overwrites.
+
+What a graph needs (``graphs_unavailable_reason`` says which is missing):
+- a CUDA device;
+- a fixed batch: every step has ``batch_size`` images (a last partial batch needs an eager step);
+- an optimizer whose step can be captured: SGD (its learning rate, a Python float, is baked
+  into the graph: a schedule that changes it needs a tensor lr), or one whose param groups
+  have ``capturable=True`` (Adam: ``capturable=True``; ``fused=True`` alone is refused by
+  PyTorch's capture health check);
+- no torch.compile on the same model (compile's "reduce-overhead" mode has its own graphs).
+
+Not integrated into hrsnet.train yet: the benchmark uses it (variant "graphs") and
+``python -m hrsnet gpucheck`` checks it against eager steps. The step body,
+``graph_step_body``, is plain PyTorch and runs on any device, so it is tested on a CPU too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import preprocess
+
+WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
+
+
+class GraphsUnavailableError(RuntimeError):
+    """Whole-step CUDA graphs cannot be used here; the message says why."""
+
+
+def device_crop_flip(images: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
+    """Per-image random crop (zero padding) and horizontal flip, its random numbers drawn on the
+    images' device (``generator``: a generator of that device, or None for its default one).
+
+    The same transform as hrsnet.data.random_crop_flip, which draws on the CPU (so a run's RNG
+    state resumes exactly) and could not be captured: a graph would replay the first draw.
+    Works on uint8 images: padding with 0 then converting to float equals converting first.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=device)
+    flips = torch.rand(batch, generator=generator, device=device) < 0.5
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = (offsets[0, :, None] + torch.arange(height, device=device))[:, None, :, None]
+    cols = (offsets[1, :, None] + torch.arange(width, device=device))[:, None, None, :]
+    batch_index = torch.arange(batch, device=device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=device)[None, :, None, None]
+    cropped = padded[batch_index, channel_index, rows, cols]
+    return torch.where(flips[:, None, None, None], cropped.flip(-1), cropped)
+
+
+def graph_step_body(
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source_images: torch.Tensor,
+    source_labels: torch.Tensor,
+    index: torch.Tensor,
+    image_size: int,
+    precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step, as hrsnet.train.training_step, from batch indices: gather, (augment),
+    preprocess, forward (bf16 autocast if asked), float32 cross-entropy, backward, optimizer
+    step. Returns (loss, logits, labels). No host synchronisation, so it can be captured.
+
+    Autocast's weight-cast cache is off: a cache filled during capture would hold tensors
+    of the capture, and each cast happens once per step here anyway.
+    """
+    images = source_images.index_select(0, index)
+    labels = source_labels.index_select(0, index)
+    if augment:
+        images = device_crop_flip(images, generator)
+    inputs = preprocess(images, image_size, memory_format=memory_format)
+    if precision == "bf16":
+        with torch.autocast(device_type=inputs.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            logits = forward(inputs)
+    else:
+        logits = forward(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits, labels
+
+
+def optimizer_unavailable_reason(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``optimizer.step()`` cannot be captured, or None if it can."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return None  # no step counter on the host; a float lr is baked into the graph
+    groups = optimizer.param_groups
+    if all(group.get("capturable", False) for group in groups):
+        return None
+    name = type(optimizer).__name__
+    return (
+        f"{name} is not capturable: make it with capturable=True (PyTorch refuses to capture "
+        f"step() of an optimizer whose param groups have capturable=False, fused or not)"
+    )
+
+
+def graphs_unavailable_reason(
+    device: torch.device | str,
+    optimizer: torch.optim.Optimizer | None = None,
+    batch_size: int | None = None,
+    train_size: int | None = None,
+    drop_last: bool = False,
+    compile_mode: str = "none",
+) -> str | None:
+    """Why whole-step CUDA graphs cannot be used with these settings, or None if they can.
+
+    ``train_size`` and ``batch_size``: an epoch whose last batch is smaller than the others
+    breaks the fixed shape unless ``drop_last``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device; this step runs on {device.type}"
+    if not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA device; torch sees no CUDA GPU"
+    if compile_mode != "none":
+        return f"torch.compile (mode {compile_mode!r}) is on: use one or the other, not both"
+    if batch_size is not None and train_size is not None and train_size % batch_size and not drop_last:
+        return (
+            f"the batch is not fixed: {train_size} training images in batches of {batch_size} leave a last "
+            f"batch of {train_size % batch_size} (drop it, or run it eagerly)"
+        )
+    if optimizer is not None:
+        return optimizer_unavailable_reason(optimizer)
+    return None
+
+
+def graphs_available(*args, **kwargs) -> bool:
+    """True when whole-step CUDA graphs can be used (graphs_unavailable_reason gives None)."""
+    return graphs_unavailable_reason(*args, **kwargs) is None
+
+
+class GraphedTrainStep:
+    """The fixed-shape training step of one model and optimizer, captured once, replayed per step.
+
+    ``source_images`` (uint8, N x 3 x h x w) and ``source_labels`` (int64) stay on the GPU;
+    ``step(index)`` takes a device tensor of ``batch_size`` indices into them and returns
+    (loss, logits): static tensors that the next ``step`` overwrites, so read or accumulate
+    them (on the device; no sync needed) before the next call.
+
+    Construction runs ``warmup_steps`` eager steps on a side stream (they train the model:
+    they use the first ``warmup_steps`` batches of ``warmup_indices``, or indices 0.. if none
+    are given) and captures the step; ``capture_seconds`` is the wall time both took.
+    The model's parameters, buffers and the optimizer's state keep their storage from then on:
+    load new values into them in place (``copy_``, ``load_state_dict`` on the model), never
+    by replacing tensors, or the graph keeps updating the old ones.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        source_images: torch.Tensor,
+        source_labels: torch.Tensor,
+        batch_size: int,
+        image_size: int,
+        precision: str = "fp32",
+        memory_format: torch.memory_format = torch.contiguous_format,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        warmup_steps: int = WARMUP_STEPS,
+        warmup_indices: Iterable[torch.Tensor] | None = None,
+        forward: nn.Module | None = None,
+    ):
+        import time
+
+        device = source_images.device
+        reason = graphs_unavailable_reason(device, optimizer)
+        if reason is not None:
+            raise GraphsUnavailableError(reason)
+        if source_labels.device != device:
+            raise GraphsUnavailableError(f"images are on {device} but labels on {source_labels.device}")
+        if generator is not None and generator.device.type != "cuda":
+            raise GraphsUnavailableError("augmentation inside a graph needs a CUDA generator (or None: the default)")
+        self.model, self.optimizer = model, optimizer
+        self.forward = forward if forward is not None else model
+        self.source_images, self.source_labels = source_images, source_labels
+        self.batch_size, self.image_size = batch_size, image_size
+        self.precision, self.memory_format = precision, memory_format
+        self.augment, self.generator = augment, generator
+        self.static_index = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.graph = torch.cuda.CUDAGraph()
+        if generator is not None and generator is not torch.cuda.default_generators[device.index or 0]:
+            if not hasattr(self.graph, "register_generator_state"):
+                raise GraphsUnavailableError(
+                    f"torch {torch.__version__} cannot register a custom generator with a graph; pass None"
+                )
+            self.graph.register_generator_state(generator)
+        model.train()
+        begin = time.perf_counter()
+        warmup = list(warmup_indices or [])
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for step in range(warmup_steps):
+                if step < len(warmup):
+                    self.static_index.copy_(warmup[step])
+                else:
+                    torch.arange(step * batch_size, (step + 1) * batch_size, out=self.static_index)
+                    self.static_index.remainder_(len(source_labels))
+                self._body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        # Gradients from the graph's private memory pool, as the recipe does.
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss, self.static_logits, self.static_labels = self._body()
+        torch.cuda.synchronize(device)
+        self.capture_seconds = time.perf_counter() - begin
+        self.warmup_steps = warmup_steps
+
+    def _body(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return graph_step_body(
+            self.forward,
+            self.optimizer,
+            self.source_images,
+            self.source_labels,
+            self.static_index,
+            self.image_size,
+            self.precision,
+            self.memory_format,
+            self.augment,
+            self.generator,
+        )
+
+    def step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the step on the batch ``index`` (a device tensor of batch_size indices)."""
+        if index.shape != self.static_index.shape:
+            raise ValueError(f"a captured step takes exactly {self.batch_size} indices; got shape {tuple(index.shape)}")
+        self.static_index.copy_(index, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss, self.static_logits
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels of the last replayed batch (static, like loss and logits)."""
+        return self.static_labels
