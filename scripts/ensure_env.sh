@@ -6,7 +6,7 @@
 # shellcheck shell=bash
 
 _repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_required_modules="torch torchvision numpy pandas matplotlib seaborn sklearn scipy tqdm papermill nbconvert ipykernel ipywidgets jupyterlab pytest timm yaml packaging ruff"
+_required_modules="torch torchvision numpy pandas matplotlib seaborn sklearn scipy tqdm papermill nbconvert ipykernel ipywidgets jupyterlab pytest xdist timm yaml packaging ruff"
 
 _has_dependencies() {  # finds the packages without importing them (importing all takes ~10 s)
     "$1" -c "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in '${_required_modules}'.split()))" >/dev/null 2>&1

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 from cifar_fixture import write_cifar100_fixture
 from torchvision.datasets import CIFAR100
 
 from hrsnet.train import TrainConfig
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # run_tests.sh runs two workers on the 2 cores: one torch thread each, or they oversubscribe.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
