@@ -607,7 +607,7 @@ def _device_text(environment: dict) -> str:
         return str(name or device)
     threads = environment.get("cpu_threads")
     cpu = "CPU" if name in (None, "", "cpu") else f"CPU ({name})"
-    return cpu + (f", {threads} threads" if threads else "")
+    return cpu + (f", {threads} thread{'' if threads == 1 else 's'}" if threads else "")
 
 
 def _dataset_text(run: Run) -> str:
