@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     result = fit(config, force=args.force)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports the run, once
+        return 0 if result.status.state in ("complete", "early-stopped") else 3
     print(
         json.dumps(
             {

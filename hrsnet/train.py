@@ -227,6 +227,7 @@ class Trainer:
         self.saved_epochs = 0  # epochs in last.pt: what a resume would start from
         self.checkpoint_bytes: int | None = None  # for the message of a failed checkpoint write
         self.packed_with = 1  # seeds trained in one packed network with this one (hrsnet.packing)
+        self.world_size = 1  # processes training this run together (hrsnet.distributed)
         self.finished = False  # test outputs and final status written
 
     def build_model(self) -> torch.nn.Module:
@@ -307,15 +308,15 @@ class Trainer:
         seen = 0
         bar = _progress(range(num_batches), config.quiet, desc=f"epoch {epoch}/{config.epochs}", leave=False)
         for batch in bar:
-            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            labels = split.labels[index]
-            loss, logits = self.train_step(split.images[index], labels)
-            loss_sum += loss.detach() * len(index)
+            images, labels = self.batch(split, order[batch * config.batch_size : (batch + 1) * config.batch_size])
+            loss, logits = self.train_step(images, labels)
+            loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += len(index)
+            seen += len(labels)
             # Reading the loss is a host sync: only every log_every batches and at the end.
             if (batch + 1) % config.log_every == 0 or batch == num_batches - 1:
-                mean_loss = loss_sum.item() / seen
+                total_loss, _, total_seen = self.epoch_totals(loss_sum, correct, seen)
+                mean_loss = total_loss / total_seen
                 if not math.isfinite(mean_loss):
                     self.mark_diverged(mean_loss, epoch, batch + 1, num_batches)
                     break
@@ -324,13 +325,22 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        total_loss, total_correct, total_seen = self.epoch_totals(loss_sum, correct, seen)
         return {
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": total_loss / total_seen,
+            "train_acc": total_correct / total_seen,
             "lr": lr,
             "epoch_seconds": seconds,
-            "images_per_second": seen / seconds,
+            "images_per_second": total_seen / seconds,
         }
+
+    def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels this process trains on for the batch ``index`` of ``split``."""
+        return split.images[index], split.labels[index]
+
+    def epoch_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, int]:
+        """Summed loss, correct predictions and images of the epoch so far (a host sync)."""
+        return loss_sum.item(), correct.item(), seen
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a uint8 batch; returns (loss, logits), not synchronised."""
@@ -436,6 +446,7 @@ class Trainer:
                     "channels_last": self.memory_format == torch.channels_last,
                     "compile": config.compile,
                     "packed_seeds": self.packed_with,
+                    "processes": self.world_size,
                 },
                 "environment": environment_info(self.device),
             },
@@ -469,13 +480,16 @@ class Trainer:
         }
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_checkpoint_file(path, self.config)
+        self.load_state(load_checkpoint_file(path, self.config), f"checkpoint {path}")
+
+    def load_state(self, state: dict[str, Any], source: str) -> None:
+        """Take over a ``checkpoint_state()``: model, optimizer, early stopping, history, RNGs."""
         try:
             self.model.load_state_dict(state["model"])
             load_optimizer_state(self.optimizer, state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(
-                f"checkpoint {path} does not fit this run's model or optimizer: "
+                f"{source} does not fit this run's model or optimizer: "
                 f"{str(error).splitlines()[0]}; rerun with --force to start over"
             ) from error
         self.early_stopping = EarlyStopping(**state["early_stopping"])
@@ -558,6 +572,10 @@ def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
     can fail (device, results folder, memory, data, model) is checked before ``force`` removes
     the old files, and the whole run holds the run's lock: a second process is refused.
     """
+    from .distributed import fit_distributed, launched_by_torchrun
+
+    if launched_by_torchrun():  # torchrun: this process is one of several training the run together
+        return fit_distributed(config, force)
     device = resolve_device(config.device)
     preflight.check_writable(config.results_dir)
     with RunLock(config.run_dir()):
@@ -611,10 +629,19 @@ def raise_failures(failures: list[tuple[TrainConfig, BaseException]]) -> None:
         ) from failures[0][1]
 
 
-def open_run(config: TrainConfig, device: torch.device, force: bool, packed_with: int = 1) -> Trainer | rundir.Run:
+def open_run(
+    config: TrainConfig,
+    device: torch.device,
+    force: bool,
+    packed_with: int = 1,
+    data: DatasetSplits | None = None,
+    make_trainer: Callable[..., Trainer] = Trainer,
+) -> Trainer | rundir.Run:
     """Under the run's lock (held by the caller): the finished run, read back, if there is
     nothing to train; else a started Trainer (resumed from last.pt, or with fresh run files).
-    ``packed_with``: how many runs share the training step (memory is checked for all)."""
+    ``packed_with``: how many runs share the training step (memory is checked for all);
+    ``data``: the splits, already on ``device`` (else loaded here); ``make_trainer``: the
+    Trainer class, called as ``make_trainer(config, data, device, run_dir)``."""
     run_dir = config.run_dir()
     check = rundir.check_run(run_dir, probe_lock=False)
     if check.action == "skip: finished" and not force:
@@ -630,16 +657,9 @@ def open_run(config: TrainConfig, device: torch.device, force: bool, packed_with
     estimate = _memory_estimate(config, device)
     preflight.check_memory(preflight.scale_estimate(estimate, packed_with), device)
     configure_determinism(config.deterministic, device)
-    data = load_dataset(
-        config.dataset,
-        config.data_dir,
-        config.seed,
-        config.val_fraction,
-        config.train_subset,
-        config.val_subset,
-        config.test_subset,
-    ).to(device)
-    trainer = Trainer(config, data, device, run_dir)
+    if data is None:
+        data = load_run_data(config, device)
+    trainer = make_trainer(config, data, device, run_dir)
     trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
     trainer.packed_with = packed_with
     if force:  # only now: a bad flag or missing data above has not cost the old files
@@ -650,6 +670,19 @@ def open_run(config: TrainConfig, device: torch.device, force: bool, packed_with
     preflight.check_disk_space(run_dir, preflight.disk_bytes_needed(estimate, run_dir), estimate)
     train_guarded([trainer], trainer.start)
     return trainer
+
+
+def load_run_data(config: TrainConfig, device: torch.device) -> DatasetSplits:
+    """The run's splits (hrsnet.data), on ``device``."""
+    return load_dataset(
+        config.dataset,
+        config.data_dir,
+        config.seed,
+        config.val_fraction,
+        config.train_subset,
+        config.val_subset,
+        config.test_subset,
+    ).to(device)
 
 
 def train_guarded(trainers: Sequence[Trainer], train: Callable[[], Any]) -> None:

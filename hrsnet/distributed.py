@@ -1,0 +1,318 @@
+"""One run on several GPUs or nodes: ``torchrun --nproc_per_node=K -m hrsnet train ...``.
+
+torchrun starts K processes (per node) and gives each ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; ``fit()`` sees them (``launched_by_torchrun``) and trains the run here, with
+PyTorch's DistributedDataParallel. Without those variables nothing here is used.
+
+- Process group: NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU, with a
+  timeout (``HRSNET_DIST_TIMEOUT_S``, default 1800 s), destroyed in a ``finally``.
+- Data: every process holds the whole dataset on its device (hrsnet.data), draws the same
+  permutation and augmentation from the same seeded generator, and trains on its contiguous
+  slice of every global batch. The global batch stays ``config.batch_size``, so the run id and
+  the protocol do not depend on K. Every batch, the last one of an epoch included, must split
+  evenly over the K processes (else a one-line ValueError names the K that do); then DDP's
+  average of the per-process mean gradients is the mean gradient of the global batch.
+- BatchNorm: SyncBatchNorm on CUDA (statistics over the global batch, as one process would
+  compute them); on the CPU (gloo, which SyncBatchNorm does not support) each process
+  normalises with its own slice's statistics, and the running statistics that validation and
+  test use are rank 0's (DDP broadcasts rank 0's buffers before every forward).
+- Files: only rank 0 holds the run's lock and writes the run directory (config, checkpoints,
+  history, status, test outputs); it validates and tests alone while the others wait. The
+  other processes write nothing: they receive rank 0's start state (a fresh one, or last.pt)
+  by broadcast, so no shared filesystem is needed. Checkpoints hold the plain model's
+  state_dict, so a run resumes with any K, or without torchrun.
+- Errors: an exception on rank 0 is broadcast at the next hand-over and raised on every
+  process; a process that fails elsewhere destroys its process group, which makes the
+  others' collectives fail (gloo) or time out, and torchrun ends the remaining workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import os
+import pickle
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import preflight, rundir
+from .config import TrainConfig
+from .data import DatasetSplits, Split, random_crop_flip
+from .runlock import RunLock
+from .runtime import check_device_name, configure_determinism
+from .train import Trainer, finish_run, load_run_data, open_run, train_guarded, training_step
+
+__all__ = [
+    "DistContext",
+    "DistributedTrainer",
+    "PeerFailedError",
+    "check_shardable",
+    "fit_distributed",
+    "launched_by_torchrun",
+]
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TIMEOUT_VARIABLE = "HRSNET_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+class PeerFailedError(RuntimeError):
+    """Another process of the run failed; raised where its own error could not be sent."""
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another launcher) set RANK, WORLD_SIZE and LOCAL_RANK."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def check_shardable(batch_size: int, train_size: int, world_size: int) -> None:
+    """ValueError (one line, naming the K that work) unless every batch of an epoch, the last
+    partial one included, splits evenly over ``world_size`` processes."""
+    last = train_size % batch_size
+    if batch_size % world_size == 0 and last % world_size == 0:
+        return
+    allowed = [k for k in range(1, batch_size + 1) if batch_size % k == 0 and last % k == 0]
+    last_note = f" and the last batch of an epoch ({last} of {train_size} training images)" if last else ""
+    raise ValueError(
+        f"{world_size} processes cannot share batches of {batch_size}{last_note} evenly; "
+        f"use a total process count (nodes x --nproc_per_node) of {', '.join(map(str, allowed))}"
+    )
+
+
+def _timeout_seconds() -> float:
+    raw = os.environ.get(TIMEOUT_VARIABLE)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_VARIABLE} must be a number of seconds > 0; got {raw!r}")
+    return value
+
+
+def _process_device(name: str, local_rank: int) -> torch.device:
+    """The device of this process: ``cuda:LOCAL_RANK`` for auto (with a GPU) or cuda, else the CPU."""
+    check_device_name(name)
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise ValueError(f"under torchrun each process uses cuda:LOCAL_RANK; use --device cuda or auto, not {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} needs GPU cuda:{local_rank}, but torch sees {count}; "
+            f"use --nproc_per_node {count} or fewer"
+        )
+    return torch.device("cuda", local_rank)
+
+
+@dataclass
+class DistContext:
+    """This process's place in the run: rank, world size, device, and the process group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool  # this context initialised the process group (and destroys it)
+
+    @classmethod
+    def start(cls, device_name: str) -> DistContext:
+        """Join the process group torchrun's variables describe (NCCL on CUDA, gloo on the CPU)."""
+        rank, world_size, local_rank = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
+        device = _process_device(device_name, local_rank)
+        timeout = _timeout_seconds()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        owns_group = not dist.is_initialized()
+        if owns_group:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return dist.get_backend()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def on_main(self, work: Callable[[], Any], share: Callable[[Any], Any] = lambda result: None) -> Any:
+        """Rank 0 runs ``work``; every rank returns ``share(result)``, sent from rank 0.
+
+        An exception in ``work`` (not KeyboardInterrupt) is sent too: rank 0 raises it as it
+        was, the others raise a copy (or PeerFailedError when it cannot be pickled).
+        """
+        message: list[Any] = [None]
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                message[0] = ("ok", share(work()))
+            except Exception as caught:
+                error = caught
+                message[0] = ("error", _portable(caught))
+        dist.broadcast_object_list(message, src=0)
+        kind, payload = message[0]
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise payload from PeerFailedError(f"rank 0 failed: {type(payload).__name__}")
+        return payload
+
+
+def _portable(error: Exception) -> Exception:
+    """``error`` if it survives pickling, else a PeerFailedError with its first line."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+        if type(copy) is type(error):
+            return error
+    except Exception:
+        pass
+    return PeerFailedError(f"rank 0 failed: {type(error).__name__}: {first_line}")
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    stream = io.BytesIO()
+    torch.save(state, stream)
+    return stream.getvalue()
+
+
+def _read_state(payload: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+class DistributedTrainer(Trainer):
+    """A Trainer that is one of ``context.world_size`` processes training one run.
+
+    Every process trains its slice of each global batch through DistributedDataParallel
+    (``attach()``, once every process holds the start state); rank 0 alone validates,
+    checkpoints, writes the run directory and tests, and hands the resulting status to
+    the others.
+    """
+
+    def __init__(self, config: TrainConfig, data: DatasetSplits, device, run_dir=None, *, context: DistContext):
+        super().__init__(config, data, device, run_dir)
+        self.context = context
+        self.world_size = context.world_size
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+
+    def attach(self) -> None:
+        """SyncBatchNorm (NCCL only), then DDP, which makes every rank start from rank 0's
+        parameters and buffers. ``self.model`` stays the plain model (checkpoints, evaluation)."""
+        context = self.context
+        if context.backend == "nccl":
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # in place below the top module
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None
+        )
+        config = self.config
+        self.step_model = self.ddp if config.compile == "none" else torch.compile(self.ddp, mode=config.compile)
+
+    def rows(self, size: int) -> slice:
+        """This process's contiguous slice of a global batch of ``size`` (a multiple of K)."""
+        share = size // self.world_size
+        return slice(self.context.rank * share, (self.context.rank + 1) * share)
+
+    def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Augmentation is drawn for the whole global batch (the generator advances as with
+        # one process), then sliced: cropping and flipping uint8 images before the float
+        # conversion gives the same values as preprocess(augment=True).
+        rows = self.rows(len(index))
+        if self.config.augment:
+            images = random_crop_flip(split.images[index], self.shuffle_generator)[rows]
+        else:
+            images = split.images[index[rows]]
+        return images, split.labels[index[rows]]
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_step(
+            self.step_model,
+            self.optimizer,
+            images,
+            labels,
+            self.config.image_size,
+            self.precision,
+            self.memory_format,
+            augment=False,  # already applied in batch()
+        )
+
+    def epoch_totals(self, loss_sum, correct, seen):
+        totals = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
+        dist.all_reduce(totals)
+        total_loss, total_correct, total_seen = totals.tolist()
+        return total_loss, total_correct, round(total_seen)
+
+    def finish_epoch(self, epoch: int, train_row: dict[str, float]) -> None:
+        parent = super().finish_epoch
+        self.status = self.context.on_main(lambda: parent(epoch, train_row), lambda _: self.status)
+
+    def finish(self) -> None:
+        self.context.on_main(super().finish)
+        self.finished = True
+
+
+def fit_distributed(config: TrainConfig, force: bool = False) -> rundir.Run:
+    """``fit(config, force)`` as one of the processes torchrun started; every process returns
+    the run directory as rank 0 read it back."""
+    context = DistContext.start(config.device)
+    try:
+        return _fit(context, config, force)
+    finally:
+        context.close()
+
+
+def _fit(context: DistContext, config: TrainConfig, force: bool) -> rundir.Run:
+    if not context.is_main:
+        config = dataclasses.replace(config, quiet=True)
+    device = context.device
+    configure_determinism(config.deterministic, device)
+    data = load_run_data(config, device)
+    check_shardable(config.batch_size, len(data.train), context.world_size)  # the same answer on every rank
+    make_trainer = functools.partial(DistributedTrainer, context=context)
+    with ExitStack() as held:
+
+        def open_on_main():
+            preflight.check_writable(config.results_dir)
+            held.enter_context(RunLock(config.run_dir()))
+            return open_run(config, device, force, data=data, make_trainer=make_trainer)
+
+        opened = None
+
+        def share_opened(result):
+            nonlocal opened
+            opened = result
+            if isinstance(result, rundir.Run):
+                return "skip", result
+            return "train", _state_bytes(result.checkpoint_state())
+
+        kind, payload = context.on_main(open_on_main, share_opened)
+        if kind == "skip":
+            return payload
+        if context.is_main:
+            trainer = opened
+        else:
+            trainer = make_trainer(config, data, device, Path(config.run_dir()))
+            trainer.load_state(_read_state(payload), "rank 0's start state")
+        if context.is_main:  # a failure is recorded in the run's status, as fit() does
+            train_guarded([trainer], lambda: (trainer.attach(), trainer.run()))
+        else:
+            trainer.attach()
+            trainer.run()
+        return context.on_main(lambda: finish_run(trainer), lambda run: run)
