@@ -691,7 +691,7 @@ def train_guarded(trainers: Sequence[Trainer], train: Callable[[], Any]) -> None
     try:
         train()
     except KeyboardInterrupt:
-        for trainer in trainers:
+        for trainer in (trainer for trainer in trainers if not trainer.finished):
             _record_failure(trainer.run_dir, f"interrupted after epoch {trainer.saved_epochs}; run again to resume")
         raise
     except Exception as error:
