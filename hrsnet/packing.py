@@ -33,7 +33,7 @@ from torch import nn
 from . import preflight, rundir
 from .data import preprocess
 from .runlock import RunLock, RunLockedError
-from .runtime import autocast_context, make_optimizer, resolve_device, resolve_optimizer_kernel
+from .runtime import autocast_context, resolve_device
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -222,20 +222,15 @@ class PackedSeeds:
 
     def pack(self, members: tuple[Trainer, ...]) -> None:
         """Build the packed model and optimizer for ``members`` (kept while they stay the same)."""
+        from .train import config_optimizer, step_model
+
         if members == self._members:
             return
         config = members[0].config
         models = [trainer.model for trainer in members]
         self._model = pack_models(models).to(memory_format=members[0].memory_format)
-        self._step_model = self._model if config.compile == "none" else torch.compile(self._model, mode=config.compile)
-        self._optimizer = make_optimizer(
-            config.optimizer,
-            self._model.parameters(),
-            config.lr,
-            config.momentum,
-            config.weight_decay,
-            resolve_optimizer_kernel(config.fused_optimizer, self.device),
-        )
+        self._step_model = step_model(self._model, config)
+        self._optimizer = config_optimizer(config, self._model.parameters(), self.device)
         pack_optimizer_state([trainer.optimizer for trainer in members], self._optimizer)
         self._members = members
 

@@ -183,6 +183,23 @@ def _progress(iterable, quiet: bool, **kwargs):
     return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)
 
 
+def step_model(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """What a training step calls: ``model``, or compiled as ``config.compile`` asks."""
+    return model if config.compile == "none" else torch.compile(model, mode=config.compile)
+
+
+def config_optimizer(config: TrainConfig, parameters, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, with its settings and its kernel resolved for ``device``."""
+    return make_optimizer(
+        config.optimizer,
+        parameters,
+        config.lr,
+        config.momentum,
+        config.weight_decay,
+        resolve_optimizer_kernel(config.fused_optimizer, device),
+    )
+
+
 def _log(message: str, quiet: bool) -> None:
     if not quiet:
         from tqdm.auto import tqdm
@@ -210,15 +227,8 @@ class Trainer:
         self.memory_format = memory_format(resolve_channels_last(config.channels_last, device))
         torch.manual_seed(config.seed)
         self.model = self.build_model()
-        self.step_model = self.model if config.compile == "none" else torch.compile(self.model, mode=config.compile)
-        self.optimizer = make_optimizer(
-            config.optimizer,
-            self.model.parameters(),
-            config.lr,
-            config.momentum,
-            config.weight_decay,
-            resolve_optimizer_kernel(config.fused_optimizer, device),
-        )
+        self.step_model = step_model(self.model, config)
+        self.optimizer = config_optimizer(config, self.model.parameters(), device)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.early_stopping = EarlyStopping(config.patience, config.min_delta)
         self.history: list[dict[str, Any]] = []
