@@ -99,25 +99,40 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import fit
+    import dataclasses
+
+    from .train import fit, fit_seeds
 
     config = config_from_args(args)
+    if args.pack and not args.seeds:
+        raise ValueError("--pack packs the runs of --seeds; give two or more seeds, e.g. --seeds 0 1 2")
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds must not repeat a seed; got {' '.join(map(str, args.seeds))}")
+        configs = [dataclasses.replace(config, seed=seed) for seed in args.seeds]
+        results = fit_seeds(configs, force=args.force, pack=args.pack)
+        print(json.dumps([_run_report(run) for run in results], indent=2))
+        return 0 if all(_succeeded(run) for run in results) else 3
     result = fit(config, force=args.force)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports the run, once
-        return 0 if result.status.state in ("complete", "early-stopped") else 3
-    print(
-        json.dumps(
-            {
-                "run_id": config.run_id,
-                "run_dir": str(result.run_dir),
-                "status": result.status.state,
-                "reason": result.status.reason,
-                "test_metrics": result.test_metrics,
-            },
-            indent=2,
-        )
-    )
-    return 0 if result.status.state in ("complete", "early-stopped") else 3
+        return 0 if _succeeded(result) else 3
+    print(json.dumps(_run_report(result), indent=2))
+    return 0 if _succeeded(result) else 3
+
+
+def _run_report(run) -> dict:
+    """What `train` prints of a finished run (hrsnet.rundir.Run)."""
+    return {
+        "run_id": run.run_id,
+        "run_dir": str(run.run_dir),
+        "status": run.status.state,
+        "reason": run.status.reason,
+        "test_metrics": run.test_metrics,
+    }
+
+
+def _succeeded(run) -> bool:
+    return run.status.state in ("complete", "early-stopped")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -277,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_train_arguments(train)
+    train.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train these seeds one after another in this process (instead of --seed); each is its own run",
+    )
+    train.add_argument(
+        "--pack",
+        action="store_true",
+        help="with --seeds: train the seeds as one packed network (hrsnet.packing; per step the same as apart)",
+    )
     train.set_defaults(handler=cmd_train)
 
     summary = commands.add_parser("summary", help="parameters and FLOPs of the networks")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -985,3 +986,52 @@ def concurrency_speedup(single: str | Path, concurrent: str | Path) -> float:
     if not alone or not together:
         raise ValueError(f"no history.csv under {single if not alone else concurrent}")
     return sum(together) / statistics.mean(alone)
+
+
+LOOP_COLUMNS = ["setting", "runs", "cuda_graphs", "packed_seeds", "images_per_second", "speedup", "epoch_seconds"]
+
+
+def loop_comparison(settings: dict[str, str | Path]) -> list[dict[str, Any]]:
+    """The real training loop (fit) in several settings, one row each, from the first epoch of
+    every run under each setting's folder: its combined training images/s (the sum over runs
+    that trained together, e.g. packed seeds), the speedup over the first setting, and what
+    the runs' config.json says was resolved (graphs on or off, seeds per pack)."""
+    import pandas as pd
+
+    rows = []
+    for setting, folder in settings.items():
+        runs = _history_dirs([folder])
+        if not runs:
+            raise ValueError(f"no history.csv under {folder} (setting {setting!r})")
+        firsts = [pd.read_csv(run / "history.csv").iloc[0] for run in runs]
+        resolved = [json.loads((run / "config.json").read_text())["resolved"] for run in runs]
+        rows.append(
+            {
+                "setting": setting,
+                "runs": len(runs),
+                "cuda_graphs": "/".join(sorted({str(bool(r.get("cuda_graphs"))).lower() for r in resolved})),
+                "packed_seeds": max(int(r.get("packed_seeds", 1)) for r in resolved),
+                "images_per_second": sum(float(first["images_per_second"]) for first in firsts),
+                "epoch_seconds": max(float(first["epoch_seconds"]) for first in firsts),
+            }
+        )
+    for row in rows:
+        row["speedup"] = row["images_per_second"] / rows[0]["images_per_second"]
+    return rows
+
+
+def write_loop_comparison(folder: str | Path, settings: list[str]) -> list[dict[str, Any]]:
+    """loop_comparison of ``folder``/loop/<setting> for each setting, written to ``folder``/loop.csv
+    and printed (scripts/gpu_session.sh loop)."""
+    folder = Path(folder)
+    rows = loop_comparison({name: folder / "loop" / name for name in settings})
+    with open(folder / "loop.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=LOOP_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(
+            f"{row['setting']:8s} {row['images_per_second']:9.1f} img/s  x{row['speedup']:.2f}  "
+            f"(graphs {row['cuda_graphs']}, {row['packed_seeds']} seed(s) per pack, {row['runs']} run(s))"
+        )
+    return rows

@@ -128,8 +128,17 @@ class TrainConfig:
     fused_optimizer: str = setting(
         "auto", "fused optimizer kernels (auto: on for CUDA; else foreach)", "run", choices=SWITCHES
     )
+    cuda_graphs: str = setting(
+        "auto",
+        "whole-step CUDA graphs in training (auto: off until measured to win; on: an error where impossible)",
+        "run",
+        choices=SWITCHES,
+    )
     eval_batch_size: int | None = setting(
-        None, "evaluation batch (None: max(batch_size, 64)); does not change results", "run", minimum=1
+        None,
+        "evaluation batch (None: 500 on CUDA, else max(batch_size, 64)); does not change results",
+        "run",
+        minimum=1,
     )
     log_every: int = setting(50, "batches between progress updates (each one is a host sync)", "run", minimum=1)
     results_dir: str = setting("results", "runs go to RESULTS_DIR/runs/<run_id>/", "run")

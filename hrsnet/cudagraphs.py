@@ -20,9 +20,11 @@ What a graph needs (``graphs_unavailable_reason`` says which is missing):
   PyTorch's capture health check);
 - no torch.compile on the same model (compile's "reduce-overhead" mode has its own graphs).
 
-Not integrated into hrsnet.train yet: the benchmark uses it (variant "graphs") and
-``python -m hrsnet gpucheck`` checks it against eager steps. The step body,
-``graph_step_body``, is plain PyTorch and runs on any device, so it is tested on a CPU too.
+Used by hrsnet.train when ``--cuda-graphs`` resolves to on (``resolve_cuda_graphs``), by
+the benchmark (variant "graphs"), and checked against eager steps by ``python -m hrsnet
+gpucheck``. The step body, ``graph_step_body``, is plain PyTorch and runs on any device, and
+``GraphedTrainStep(capture=False)`` runs the same steps without a graph, so the training
+loop around it is tested on a CPU too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ import torch.nn.functional as F
 from .data import preprocess
 
 WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
+
+# ``--cuda-graphs auto`` turns graphs on only once they are measured to win in the real loop
+# on a GPU (scripts/gpu_session.sh targets, the "fit" rows); no GPU session has run yet.
+GRAPHS_WIN_MEASURED = False
 
 
 class GraphsUnavailableError(RuntimeError):
@@ -143,6 +149,46 @@ def graphs_unavailable_reason(
     return None
 
 
+def resolve_cuda_graphs(
+    switch: str,
+    device: torch.device | str,
+    *,
+    compile_mode: str = "none",
+    batch_size: int,
+    train_size: int,
+    packed_seeds: int = 1,
+    processes: int = 1,
+) -> tuple[bool, str]:
+    """(use graphs, why) for a training run: ``switch`` is TrainConfig.cuda_graphs.
+
+    ``on`` where graphs cannot work raises ValueError naming why (a setting this run cannot
+    have: the command line's one-line error); ``auto`` gives
+    off with the reason. The optimizer is not checked: the Trainer makes Adam capturable.
+    A last batch smaller than ``batch_size`` is trained eagerly (through the same step body).
+    """
+    if switch == "off":
+        return False, "off: asked for"
+    reason = graphs_unavailable_reason(device, compile_mode=compile_mode)
+    if reason is None and packed_seeds > 1:
+        reason = f"{packed_seeds} seeds are packed into one network; the packed step runs eagerly"
+    if reason is None and processes > 1:
+        reason = f"{processes} processes train the run (DDP); its all-reduce is not captured here"
+    if reason is None and train_size // batch_size <= WARMUP_STEPS:
+        reason = (
+            f"an epoch has {train_size // batch_size} full batches of {batch_size}; a graph needs more than "
+            f"the {WARMUP_STEPS} eager warm-up steps"
+        )
+    if switch == "on":
+        if reason is not None:
+            raise ValueError(f"cuda_graphs on: {reason}; use auto or off")
+        return True, "on: asked for"
+    if reason is not None:
+        return False, f"auto: {reason}"
+    if not GRAPHS_WIN_MEASURED:
+        return False, "auto: off until graphs are measured to win in the real loop on a GPU (use on to try them)"
+    return True, "auto: measured to win on a GPU"
+
+
 def graphs_available(*args, **kwargs) -> bool:
     """True when whole-step CUDA graphs can be used (graphs_unavailable_reason gives None)."""
     return graphs_unavailable_reason(*args, **kwargs) is None
@@ -158,7 +204,9 @@ class GraphedTrainStep:
 
     Construction runs ``warmup_steps`` eager steps on a side stream (they train the model:
     they use the first ``warmup_steps`` batches of ``warmup_indices``, or indices 0.. if none
-    are given) and captures the step; ``capture_seconds`` is the wall time both took.
+    are given; their (loss, logits, labels) are kept in ``warmup_outputs``) and captures the
+    step; ``capture_seconds`` is the wall time both took. ``capture=False`` runs the same
+    warm-up and then every step eagerly, on any device: the graph's twin, for tests and checks.
     The model's parameters, buffers and the optimizer's state keep their storage from then on:
     load new values into them in place (``copy_``, ``load_state_dict`` on the model), never
     by replacing tensors, or the graph keeps updating the old ones.
@@ -179,11 +227,12 @@ class GraphedTrainStep:
         warmup_steps: int = WARMUP_STEPS,
         warmup_indices: Iterable[torch.Tensor] | None = None,
         forward: nn.Module | None = None,
+        capture: bool = True,
     ):
         import time
 
         device = source_images.device
-        reason = graphs_unavailable_reason(device, optimizer)
+        reason = graphs_unavailable_reason(device, optimizer) if capture else None
         if reason is not None:
             raise GraphsUnavailableError(reason)
         if source_labels.device != device:
@@ -197,34 +246,50 @@ class GraphedTrainStep:
         self.precision, self.memory_format = precision, memory_format
         self.augment, self.generator = augment, generator
         self.static_index = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.graph = torch.cuda.CUDAGraph()
+        self.warmup_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.warmup_steps = warmup_steps
+        self.graph = torch.cuda.CUDAGraph() if capture else None
+        model.train()
+        if not capture:
+            begin = time.perf_counter()
+            for index in self._warmup_indices(warmup_indices, warmup_steps):
+                self.static_index.copy_(index)
+                self.warmup_outputs.append(self._detached(self._body()))
+            self.capture_seconds = time.perf_counter() - begin
+            return
         if generator is not None and generator is not torch.cuda.default_generators[device.index or 0]:
             if not hasattr(self.graph, "register_generator_state"):
                 raise GraphsUnavailableError(
                     f"torch {torch.__version__} cannot register a custom generator with a graph; pass None"
                 )
             self.graph.register_generator_state(generator)
-        model.train()
         begin = time.perf_counter()
-        warmup = list(warmup_indices or [])
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for step in range(warmup_steps):
-                if step < len(warmup):
-                    self.static_index.copy_(warmup[step])
-                else:
-                    torch.arange(step * batch_size, (step + 1) * batch_size, out=self.static_index)
-                    self.static_index.remainder_(len(source_labels))
-                self._body()
+            for index in self._warmup_indices(warmup_indices, warmup_steps):
+                self.static_index.copy_(index)
+                self.warmup_outputs.append(self._detached(self._body()))
         torch.cuda.current_stream(device).wait_stream(side)
         # Gradients from the graph's private memory pool, as the recipe does.
         optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
             self.static_loss, self.static_logits, self.static_labels = self._body()
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)  # also: the warm-up outputs, made on the side stream, are ready
         self.capture_seconds = time.perf_counter() - begin
-        self.warmup_steps = warmup_steps
+
+    def _warmup_indices(self, given: Iterable[torch.Tensor] | None, steps: int) -> list[torch.Tensor]:
+        """The warm-up batches: the first ``steps`` of ``given``, then indices 0, 1, ... (wrapping)."""
+        batches = list(given or [])[:steps]
+        total, size = len(self.source_labels), self.batch_size
+        for step in range(len(batches), steps):
+            batches.append(torch.arange(step * size, (step + 1) * size, device=self.static_index.device) % total)
+        return batches
+
+    @staticmethod
+    def _detached(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        loss, logits, labels = outputs
+        return loss.detach(), logits.detach(), labels
 
     def _body(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return graph_step_body(
@@ -245,7 +310,10 @@ class GraphedTrainStep:
         if index.shape != self.static_index.shape:
             raise ValueError(f"a captured step takes exactly {self.batch_size} indices; got shape {tuple(index.shape)}")
         self.static_index.copy_(index, non_blocking=True)
-        self.graph.replay()
+        if self.graph is None:  # capture=False: the same step, eagerly
+            self.static_loss, self.static_logits, self.static_labels = self._detached(self._body())
+        else:
+            self.graph.replay()
         return self.static_loss, self.static_logits
 
     @property

@@ -11,6 +11,9 @@ number in ``<output>/gpucheck.csv``. Checks:
   see README, so its cosine is reported, not judged).
 - graph_vs_eager: the captured step replayed against the same step run eagerly, free-running
   over several steps from the same start (deterministic cuDNN): losses at every step.
+- fit_graphs: fit() with ``cuda_graphs="on"`` against ``"off"`` (fp32, TF32 off): the same
+  first-epoch training loss, and config.json records the graphs and the eagerly trained last
+  batch (44 images in batches of 8: 3 warm-up steps, 2 replays, 1 eager partial batch).
 - no_host_sync: ``torch.cuda.set_sync_debug_mode("error")`` around an eager training step (as
   the Trainer takes it, indices on the device) and around a graph replay.
 - checkpoint: a checkpoint written by a CPU Trainer resumes on the GPU (channels_last, fused)
@@ -41,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 NEEDS_CUDA = "skipped: needs CUDA"
-CHECKS = ("fast_paths", "graph_vs_eager", "no_host_sync", "checkpoint", "deterministic", "memory")
+CHECKS = ("fast_paths", "graph_vs_eager", "fit_graphs", "no_host_sync", "checkpoint", "deterministic", "memory")
 FP32_LOSS, FP32_COSINE, BF16_LOSS = 1e-4, 0.999, 0.04
 CSV_COLUMNS = ["check", "case", "step", "metric", "value", "limit", "status", "detail"]
 
@@ -333,6 +336,50 @@ def check_graph_vs_eager(report: Report, sizes: Sizes, device: torch.device, ste
             report.fail("graph_vs_eager", precision, error)
 
 
+def check_fit_graphs(report: Report, sizes: Sizes, device: torch.device, workdir: Path) -> None:
+    """fit() through the Trainer's graphed loop vs its eager loop, from the same seed."""
+    case = f"fit on/off, {sizes.fit_dataset} {sizes.fit_image_size}px, 44 images, batch 8"
+    if device.type != "cuda":
+        report.skip("fit_graphs", case)
+        return
+    import json
+
+    import pandas as pd
+
+    from .train import fit
+
+    try:
+        histories, resolved = {}, {}
+        with exact_fp32():
+            for switch in ("off", "on"):
+                config = _tiny_config(
+                    workdir / f"fit_graphs_{switch}", sizes, str(device), cuda_graphs=switch, train_subset=44
+                )
+                run_dir = Path(fit(config).run_dir)
+                histories[switch] = pd.read_csv(run_dir / "history.csv")
+                resolved[switch] = json.loads((run_dir / "config.json").read_text())["resolved"]
+        recorded = (
+            resolved["on"]["cuda_graphs"] and resolved["on"]["eager_last_batch"] and not resolved["off"]["cuda_graphs"]
+        )
+        report.judged(
+            "fit_graphs",
+            case,
+            "-",
+            "config_records_graphs",
+            float(recorded),
+            recorded,
+            "== 1",
+            resolved["on"]["cuda_graphs_reason"],
+        )
+        on, off = histories["on"]["train_loss"], histories["off"]["train_loss"]
+        relative = abs(on[0] - off[0]) / abs(off[0])
+        report.judged("fit_graphs", case, 1, "train_loss_rel_diff", relative, relative <= FP32_LOSS, f"<= {FP32_LOSS}")
+        if len(on) > 1 and len(off) > 1:  # free-running: later epochs may drift by rounding (reported)
+            report.add("fit_graphs", case, 2, "train_loss_rel_diff", abs(on[1] - off[1]) / abs(off[1]))
+    except Exception as error:
+        report.fail("fit_graphs", case, error)
+
+
 def check_no_host_sync(report: Report, sizes: Sizes, device: torch.device) -> None:
     """No host synchronisation inside an eager step or a graph replay."""
     if device.type != "cuda":
@@ -593,6 +640,8 @@ def run_gpucheck(args: argparse.Namespace) -> int:
             check_fast_paths(report, sizes, device, compile_check=not args.no_compile)
         if "graph_vs_eager" in checks:
             check_graph_vs_eager(report, sizes, device, steps=max(sizes.steps, 2 if dry else 5))
+        if "fit_graphs" in checks:
+            check_fit_graphs(report, sizes, device, workdir)
         if "no_host_sync" in checks:
             check_no_host_sync(report, sizes, device)
         if "checkpoint" in checks:

@@ -29,7 +29,7 @@ from scipy import stats
 
 from . import rundir
 from .models import list_models
-from .paper import CLAIMED_MILLIONS, architecture_table
+from .paper import CLAIMED_MILLIONS, parameter_table
 from .tables import markdown_table
 
 CONFIDENCE = 0.95
@@ -542,7 +542,7 @@ def _claim_accuracy(finished: pd.DataFrame) -> dict[str, Any]:
 
 def _architecture_table() -> pd.DataFrame:
     """Our parameter counts for HRNet and HRSNet at C in {2, 18, 30} (models on the meta device: no memory)."""
-    return architecture_table(("hrnet", "hrsnet"))
+    return parameter_table(("hrnet", "hrsnet"))
 
 
 def _claim_parameters(architecture: pd.DataFrame | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import math
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import preflight, rundir
 from .config import TrainConfig
+from .cudagraphs import GraphedTrainStep, graph_step_body, resolve_cuda_graphs
 from .data import DATASET_CLASSES, DATASET_LABELS, DatasetSplits, Split, load_dataset, preprocess
 from .evaluate import EvalResult, evaluate
 from .models import create_model
@@ -39,6 +40,7 @@ from .runtime import (
     memory_format,
     resolve_channels_last,
     resolve_device,
+    resolve_eval_batch_size,
     resolve_optimizer_kernel,
     resolve_precision,
 )
@@ -188,8 +190,11 @@ def step_model(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     return model if config.compile == "none" else torch.compile(model, mode=config.compile)
 
 
-def config_optimizer(config: TrainConfig, parameters, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer ``config`` names, with its settings and its kernel resolved for ``device``."""
+def config_optimizer(
+    config: TrainConfig, parameters, device: torch.device, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, with its settings and its kernel resolved for ``device``
+    (``capturable``: its step can go into a CUDA graph)."""
     return make_optimizer(
         config.optimizer,
         parameters,
@@ -197,6 +202,7 @@ def config_optimizer(config: TrainConfig, parameters, device: torch.device) -> t
         config.momentum,
         config.weight_decay,
         resolve_optimizer_kernel(config.fused_optimizer, device),
+        capturable,
     )
 
 
@@ -239,6 +245,10 @@ class Trainer:
         self.packed_with = 1  # seeds trained in one packed network with this one (hrsnet.packing)
         self.world_size = 1  # processes training this run together (hrsnet.distributed)
         self.finished = False  # test outputs and final status written
+        # Whole-step CUDA graphs: resolved in start(), once packing and processes are known.
+        self.cuda_graphs: bool | None = None
+        self.cuda_graphs_reason = "not resolved yet"
+        self.graphed_step: GraphedTrainStep | None = None  # captured at the first graphed epoch
 
     def build_model(self) -> torch.nn.Module:
         config = self.config
@@ -251,7 +261,7 @@ class Trainer:
 
     @property
     def eval_batch_size(self) -> int:
-        return self.config.eval_batch_size or max(self.config.batch_size, 64)
+        return resolve_eval_batch_size(self.config.eval_batch_size, self.config.batch_size, self.device)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -316,10 +326,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         seen = 0
-        bar = _progress(range(num_batches), config.quiet, desc=f"epoch {epoch}/{config.epochs}", leave=False)
-        for batch in bar:
-            images, labels = self.batch(split, order[batch * config.batch_size : (batch + 1) * config.batch_size])
-            loss, logits = self.train_step(images, labels)
+        steps = self.graphed_batches(split, order) if self.cuda_graphs else self.eager_batches(split, order)
+        bar = _progress(steps, config.quiet, desc=f"epoch {epoch}/{config.epochs}", leave=False, total=num_batches)
+        for batch, (loss, logits, labels) in enumerate(bar):
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -343,6 +352,59 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_second": total_seen / seconds,
         }
+
+    def eager_batches(self, split: Split, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Train on each batch of ``order`` in turn, eagerly; yields (loss, logits, labels)."""
+        for index in order.split(self.config.batch_size):
+            images, labels = self.batch(split, index)
+            loss, logits = self.train_step(images, labels)
+            yield loss, logits, labels
+
+    def graphed_batches(self, split: Split, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        """As eager_batches, through one captured CUDA graph of the whole step (hrsnet.cudagraphs).
+
+        The graph is captured at the first epoch this process trains, after warm-up steps on
+        that epoch's first batches (they train as any other). A last batch smaller than the
+        others is trained eagerly through the same step body. Augmentation draws on the
+        device's default generator (seeded with the run's seed, saved in checkpoints). The
+        outputs of one replay are overwritten by the next: the caller accumulates them first.
+        """
+        config = self.config
+        batches = list(order.split(config.batch_size))
+        last_partial = batches.pop() if len(batches[-1]) < config.batch_size else None
+        done = 0
+        if self.graphed_step is None:
+            self.graphed_step = GraphedTrainStep(
+                self.model,
+                self.optimizer,
+                split.images,
+                split.labels,
+                config.batch_size,
+                config.image_size,
+                self.precision,
+                self.memory_format,
+                augment=config.augment,
+                warmup_indices=batches,
+                forward=self.step_model,
+                capture=self.device.type == "cuda",
+            )
+            yield from self.graphed_step.warmup_outputs
+            done = len(self.graphed_step.warmup_outputs)
+        for index in batches[done:]:
+            loss, logits = self.graphed_step.step(index)
+            yield loss, logits, self.graphed_step.labels
+        if last_partial is not None:
+            yield graph_step_body(
+                self.step_model,
+                self.optimizer,
+                split.images,
+                split.labels,
+                last_partial,
+                config.image_size,
+                self.precision,
+                self.memory_format,
+                config.augment,
+            )
 
     def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 images and labels this process trains on for the batch ``index`` of ``split``."""
@@ -401,6 +463,8 @@ class Trainer:
 
     def start(self) -> None:
         """Resume from last.pt if there is one, else write the run's config and split."""
+        if self.cuda_graphs is None:
+            self.resolve_cuda_graphs()
         last_checkpoint = self.run_dir / rundir.LAST_CHECKPOINT
         if last_checkpoint.exists():
             self.load_checkpoint(last_checkpoint)
@@ -411,6 +475,22 @@ class Trainer:
         # history.csv is rewritten from the checkpoint: it may hold an epoch the checkpoint lacks.
         rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
         rundir.write_status(self.run_dir, self.progress_status())
+
+    def resolve_cuda_graphs(self) -> None:
+        """Decide on whole-step CUDA graphs (TrainConfig.cuda_graphs; ValueError if "on" cannot
+        work here); with them, Adam is rebuilt capturable (before a checkpoint is loaded into it)."""
+        config = self.config
+        self.cuda_graphs, self.cuda_graphs_reason = resolve_cuda_graphs(
+            config.cuda_graphs,
+            self.device,
+            compile_mode=config.compile,
+            batch_size=config.batch_size,
+            train_size=len(self.data.train),
+            packed_seeds=self.packed_with,
+            processes=self.world_size,
+        )
+        if self.cuda_graphs and config.optimizer != "sgd":
+            self.optimizer = config_optimizer(config, self.model.parameters(), self.device, capturable=True)
 
     def progress_status(self) -> RunStatus:
         return RunStatus("running", f"epoch {self.epoch} of at most {self.config.epochs} done")
@@ -457,6 +537,11 @@ class Trainer:
                     "compile": config.compile,
                     "packed_seeds": self.packed_with,
                     "processes": self.world_size,
+                    "cuda_graphs": self.cuda_graphs,
+                    "cuda_graphs_reason": self.cuda_graphs_reason,
+                    # With graphs, a last batch smaller than the others is trained eagerly.
+                    "eager_last_batch": self.cuda_graphs and len(data.train) % config.batch_size != 0,
+                    "eval_batch_size": self.eval_batch_size,
                 },
                 "environment": environment_info(self.device),
             },
@@ -672,6 +757,7 @@ def open_run(
     trainer = make_trainer(config, data, device, run_dir)
     trainer.checkpoint_bytes = preflight.checkpoint_bytes(estimate)
     trainer.packed_with = packed_with
+    trainer.resolve_cuda_graphs()  # "on" where graphs cannot work fails here, before force deletes anything
     if force:  # only now: a bad flag or missing data above has not cost the old files
         for path in run_dir.iterdir():
             if path.is_file() and path.name != LOCK_FILE:

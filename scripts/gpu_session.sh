@@ -3,6 +3,8 @@
 #
 #   scripts/gpu_session.sh check   [--dry-run]   python -m hrsnet gpucheck (correctness of the fast paths)
 #   scripts/gpu_session.sh targets [--dry-run]   the issue's benchmark rows (batch 16 and 128 vs timm, FLOPs)
+#   scripts/gpu_session.sh loop    [--dry-run]   the real loop (fit) at the paper's batch: eager,
+#                                                whole-step CUDA graphs, 3 packed seeds (loop.csv)
 #   scripts/gpu_session.sh paper   [--dry-run]   one real epoch per network x C, a concurrency
 #                                                speedup, then bench --estimate paper from them
 #
@@ -14,11 +16,11 @@
 #
 # Environment: PYTHON (default python3), GPU_SESSION_DIR, PART_SECONDS, PAPER_ARCHS,
 # PAPER_WIDTHS, PAPER_TRAIN_SUBSET (a part of the 40,000 training images; scaled up in the
-# estimate), CONCURRENT_JOBS (default 3).
+# estimate), CONCURRENT_JOBS (default 3), LOOP_ARCH, LOOP_WIDTH, LOOP_TRAIN_SUBSET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: $0 check|targets|paper [--dry-run]" >&2; exit 2; }
+usage() { echo "usage: $0 check|targets|loop|paper [--dry-run]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 part=$1
 shift
@@ -29,7 +31,7 @@ for arg in "$@"; do
         *) usage ;;
     esac
 done
-case $part in check | targets | paper) ;; *) usage ;; esac
+case $part in check | targets | loop | paper) ;; *) usage ;; esac
 
 PYTHON=${PYTHON:-python3}
 PART_SECONDS=${PART_SECONDS:-540}
@@ -110,7 +112,7 @@ part_targets() {
 }
 
 # train_once MARKER RESULTS_DIR ARGS...: one `python -m hrsnet train` run unless MARKER exists;
-# its wall time goes to paper_wall.csv (run_id,wall_seconds).
+# its wall time goes to $WALL_CSV (run_id,wall_seconds; default paper_wall.csv).
 train_once() {
     local marker=$1 results=$2
     shift 2
@@ -129,11 +131,39 @@ train_once() {
         id=$("$PYTHON" -c 'import json, sys
 text = open(sys.argv[1]).read()
 print(json.JSONDecoder().raw_decode(text[text.index("{"):])[0]["run_id"])' "$out")
-        [[ -s $DIR/paper_wall.csv ]] || echo "run_id,wall_seconds" >"$DIR/paper_wall.csv"
-        printf '%s,%d.%03d\n' "$id" $((milliseconds / 1000)) $((milliseconds % 1000)) >>"$DIR/paper_wall.csv"
+        local wall=${WALL_CSV:-$DIR/paper_wall.csv}
+        [[ -s $wall ]] || echo "run_id,wall_seconds" >"$wall"
+        printf '%s,%d.%03d\n' "$id" $((milliseconds / 1000)) $((milliseconds % 1000)) >>"$wall"
         echo "$id" >"$marker"
     fi
     rm -f "$out"
+    return $status
+}
+
+# The real loop, one epoch of fit() per setting at the paper's batch (graphs need CUDA: the dry
+# run leaves them out). loop.csv: combined images/s per setting and the speedup over eager.
+part_loop() {
+    local arch=${LOOP_ARCH:-hrnet_official} width=${LOOP_WIDTH:-18}
+    local data=(--dataset synthetic --image-size 224 --batch-size 16 --train-subset "${LOOP_TRAIN_SUBSET:-4000}"
+        --val-subset 500 --test-subset 500)
+    local settings=(eager graphs packed)
+    if ((dry)); then
+        arch=${LOOP_ARCH:-hrnet} width=${LOOP_WIDTH:-1} settings=(eager packed)
+        data=(--dataset digits --image-size 32 --batch-size 16 --train-subset 64 --val-subset 16 --test-subset 16)
+    fi
+    local common=(--arch "$arch" --width "$width" --epochs 1 "${data[@]}")
+    mkdir -p "$DIR/markers"
+    local status=0 setting WALL_CSV=$DIR/loop_wall.csv
+    local -A extra=([eager]="--cuda-graphs off" [graphs]="--cuda-graphs on" [packed]="--seeds 0 1 2 --pack")
+    for setting in "${settings[@]}"; do
+        # shellcheck disable=SC2086  # the extra options are words
+        train_once "$DIR/markers/loop_$setting" "$DIR/loop/$setting" "${common[@]}" ${extra[$setting]} \
+            || status=$?
+    done
+    deadline=$((deadline + 30))  # the summary reads files only
+    run 60 "$PYTHON" -c 'import sys; from hrsnet.bench import write_loop_comparison
+write_loop_comparison(sys.argv[1], sys.argv[2:])' \
+        "$DIR" "${settings[@]}" || status=$?
     return $status
 }
 

@@ -1,6 +1,8 @@
 """Whole-step CUDA graphs (hrsnet.cudagraphs): what runs on a CPU is tested here; the capture
 itself needs a GPU (`python -m hrsnet gpucheck` checks it there against eager steps)."""
 
+import functools
+
 import pytest
 import torch
 
@@ -91,3 +93,69 @@ def test_graph_replay_matches_eager_on_cuda():
         expected, _, _ = cudagraphs.graph_step_body(eager, eager_optimizer, images, labels, index, 32)
         loss, _ = graphed.step(index)
         assert abs(loss.item() - expected.item()) <= 1e-3 * abs(expected.item())
+
+
+def test_resolve_cuda_graphs_switch_and_reasons(monkeypatch):
+    """auto/on/off for a training run: off is off; auto says why not; on where graphs cannot
+    work is a one-line ValueError naming why (the command line's error)."""
+    resolve = functools.partial(cudagraphs.resolve_cuda_graphs, batch_size=16, train_size=64)
+    assert resolve("off", "cpu") == (False, "off: asked for")
+    use, why = resolve("auto", "cpu")
+    assert not use and why.startswith("auto: CUDA graphs need a CUDA device")
+    with pytest.raises(ValueError, match="^cuda_graphs on: CUDA graphs need a CUDA device.*; use auto or off$"):
+        resolve("on", "cpu")
+    # Past the device check (patched away: no GPU here), the run's own reasons.
+    monkeypatch.setattr(cudagraphs, "graphs_unavailable_reason", lambda device, **settings: None)
+    assert "3 seeds are packed" in resolve("auto", "cuda", packed_seeds=3)[1]
+    with pytest.raises(ValueError, match="2 processes train the run"):
+        resolve("on", "cuda", processes=2)
+    with pytest.raises(ValueError, match="3 full batches of 16"):
+        resolve("on", "cuda", train_size=63)
+    assert resolve("on", "cuda") == (True, "on: asked for")
+    assert resolve("auto", "cuda")[0] is cudagraphs.GRAPHS_WIN_MEASURED
+
+
+def _digits_trainer(results_dir, **settings):
+    from conftest import tiny_config
+
+    from hrsnet.data import load_dataset
+    from hrsnet.train import Trainer
+
+    config = tiny_config(results_dir, **settings)
+    data = load_dataset(config.dataset, seed=config.seed, train_subset=config.train_subset)
+    return Trainer(config, data, torch.device("cpu"))
+
+
+def test_trainer_graphed_loop_equals_the_eager_loop(tmp_path):
+    """The Trainer's graphed loop, run on a CPU through the graph's eager twin
+    (GraphedTrainStep(capture=False)): the warm-up batches are trained once, the last partial
+    batch (72 = 4 x 16 + 8) eagerly, and each epoch equals the eager loop's (the same kernels
+    in the same order: bitwise on a CPU), the second one replaying the step built in the first."""
+    eager = _digits_trainer(tmp_path / "eager", train_subset=72)
+    graphed = _digits_trainer(tmp_path / "graphed", train_subset=72)
+    graphed.cuda_graphs = True  # what resolve_cuda_graphs gives on a GPU with --cuda-graphs on
+    for epoch in (1, 2):
+        eager_row, graphed_row = eager.train_one_epoch(epoch), graphed.train_one_epoch(epoch)
+        for key in ("train_loss", "train_acc"):
+            assert graphed_row[key] == eager_row[key], (epoch, key)
+    assert graphed.graphed_step is not None and len(graphed.graphed_step.warmup_outputs) == cudagraphs.WARMUP_STEPS
+    for name, value in eager.model.state_dict().items():
+        assert torch.equal(graphed.model.state_dict()[name], value), name
+    assert torch.equal(graphed.shuffle_generator.get_state(), eager.shuffle_generator.get_state())
+
+
+def test_trainer_makes_adam_capturable_for_graphs(tmp_path, monkeypatch):
+    """With graphs on, Adam is rebuilt with capturable=True (PyTorch refuses to capture it
+    otherwise); SGD is kept as it is. Capturable Adam steps only on a GPU, so this checks the
+    resolution alone."""
+    import hrsnet.train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_cuda_graphs", lambda *args, **kwargs: (True, "on: asked for"))
+    adam = _digits_trainer(tmp_path / "adam", optimizer="adam")
+    assert not adam.optimizer.param_groups[0]["capturable"]
+    adam.resolve_cuda_graphs()
+    assert adam.cuda_graphs and adam.optimizer.param_groups[0]["capturable"]
+    sgd = _digits_trainer(tmp_path / "sgd")
+    kept = sgd.optimizer
+    sgd.resolve_cuda_graphs()
+    assert sgd.optimizer is kept

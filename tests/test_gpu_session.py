@@ -36,8 +36,9 @@ def test_usage_errors():
 
 @pytest.mark.slow
 def test_gpu_session_parts_dry_run(tmp_path):
-    """check: gpucheck's CPU checks pass, CUDA-only ones say so; targets: the bench rows;
-    paper: one real epoch, a concurrency speedup and the estimate of the 27 paper runs."""
+    """check: gpucheck's CPU checks pass, CUDA-only ones say so; targets: the bench rows; loop:
+    the real loop's settings side by side; paper: one real epoch, a concurrency speedup and the
+    estimate of the 27 paper runs."""
     _session("check", tmp_path)
     rows = _rows(tmp_path / "gpucheck.csv")
     status = {}
@@ -46,6 +47,7 @@ def test_gpu_session_parts_dry_run(tmp_path):
     assert status[("fast_paths", "channels_last")] == {"pass", "info"}  # judged rows pass; the norm ratio is info
     assert status[("fast_paths", "whole-step CUDA graph, fp32")] == {"skipped: needs CUDA"}
     assert status[("no_host_sync", "graph replay")] == {"skipped: needs CUDA"}
+    assert {row["status"] for row in rows if row["check"] == "fit_graphs"} == {"skipped: needs CUDA"}
     assert {row["status"] for row in rows if row["check"] in ("checkpoint", "deterministic")} == {"pass"}
     assert not any(row["status"] == "fail" for row in rows)
 
@@ -56,6 +58,16 @@ def test_gpu_session_parts_dry_run(tmp_path):
     peer = {row["variant"] for row in bench_rows if row["group"] == "peer"}
     assert {"default", "plain fp32 eager", "timm channels_last"} <= peer
     assert all(float(row["peak_tflops"]) == 790 for row in bench_rows if row["setting"] == "throughput")
+
+    _session("loop", tmp_path)  # the dry run: eager and 3 packed seeds (graphs need CUDA)
+    loop = {row["setting"]: row for row in _rows(tmp_path / "loop.csv")}
+    assert set(loop) == {"eager", "packed"} and float(loop["eager"]["speedup"]) == 1
+    assert (loop["packed"]["runs"], loop["packed"]["packed_seeds"], loop["packed"]["cuda_graphs"]) == (
+        "3",
+        "3",
+        "false",
+    )
+    assert float(loop["packed"]["images_per_second"]) > 0 and len(_rows(tmp_path / "loop_wall.csv")) == 2
 
     _session("paper", tmp_path)
     assert len(_rows(tmp_path / "paper_wall.csv")) == 2  # the paper run and the lone concurrency run

@@ -78,6 +78,25 @@ def test_cli_bad_value_is_one_line_and_nonzero(capsys):
     assert error == "error: width must be an integer >= 1; got 0"
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pack"], "error: --pack packs the runs of --seeds; give two or more seeds, e.g. --seeds 0 1 2"),
+        (["--seeds", "0", "1", "0"], "error: --seeds must not repeat a seed; got 0 1 0"),
+        (["--seeds", "-1"], "error: seed must be an integer >= 0; got -1"),
+        (
+            ["--cuda-graphs", "on", "--device", "cpu"],
+            "error: cuda_graphs on: CUDA graphs need a CUDA device; this step runs on cpu; use auto or off",
+        ),
+    ],
+)
+def test_cli_seeds_pack_and_graphs_errors_are_one_line(argv, message, capsys, tmp_path):
+    common = ["train", "--dataset", "digits", "--image-size", "32", "--train-subset", "48", "--quiet"]
+    assert main([*common, "--results-dir", str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not list(tmp_path.rglob("*.pt"))
+
+
 def test_run_id_ignores_operational_settings(tmp_path):
     a = tiny_config(tmp_path, device="cpu", quiet=True)
     b = tiny_config(tmp_path / "elsewhere", device="auto", quiet=False, channels_last="on")

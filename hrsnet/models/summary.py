@@ -77,6 +77,13 @@ def summary(name: str, width: int, image_size: int = 224, num_classes: int = 100
     )
 
 
+def parameter_count(name: str, width: int, num_classes: int = 100, **overrides: Any) -> int:
+    """All parameters of preset ``name`` at width C (built on the meta device), as summary() counts them."""
+    with torch.device("meta"):
+        model = create_model(name, width=width, num_classes=num_classes, **overrides)
+    return sum(p.numel() for p in model.parameters())
+
+
 def head_parameters(name: str, width: int, num_classes: int = 100) -> int:
     """Parameters of the classification head (incre, downsampling, final layer, classifier)."""
     with torch.device("meta"):
