@@ -24,12 +24,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,18 +89,20 @@ def atomic_write(
 
     A failed write (a full disk, a read-only folder; torch.save's own stream errors) raises
     RunFileError naming the file, the cause and, with ``needed_bytes``, the space it needs.
+    Ctrl-C during the write is held until the file is in place, then raised.
     """
     path = Path(path)
     temp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(temp_name, path)
+        with interrupts_deferred():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.replace(temp_name, path)
     except (OSError, RuntimeError) as error:
         _remove(temp_name)
         from .preflight import describe_write_error
@@ -106,6 +111,32 @@ def atomic_write(
     except BaseException:
         _remove(temp_name)
         raise
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until the block has ended, then act
+    on it as the previous handler would (KeyboardInterrupt, by default).
+
+    Why: a KeyboardInterrupt raised inside torch.save's stream callback is turned by its C++
+    writer into a RuntimeError ("unexpected pos ..."), so an interrupted checkpoint write
+    used to end the run as "failed" with a disk-space message instead of "interrupted".
+    Only the main thread can set signal handlers; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(*received[0])
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _remove(temp_name: str | None) -> None:

@@ -129,18 +129,19 @@ def _digits_trainer(results_dir, **settings):
 def test_trainer_graphed_loop_equals_the_eager_loop(tmp_path):
     """The Trainer's graphed loop, run on a CPU through the graph's eager twin
     (GraphedTrainStep(capture=False)): the warm-up batches are trained once, the last partial
-    batch (72 = 4 x 16 + 8) eagerly, and each epoch equals the eager loop's (the same kernels
+    batch (36 = 4 x 8 + 4) eagerly, and each epoch equals the eager loop's (the same kernels
     in the same order: bitwise on a CPU), the second one replaying the step built in the first."""
-    eager = _digits_trainer(tmp_path / "eager", train_subset=72)
-    graphed = _digits_trainer(tmp_path / "graphed", train_subset=72)
+    eager = _digits_trainer(tmp_path / "eager", train_subset=36, batch_size=8)
+    graphed = _digits_trainer(tmp_path / "graphed", train_subset=36, batch_size=8)
     graphed.cuda_graphs = True  # what resolve_cuda_graphs gives on a GPU with --cuda-graphs on
     for epoch in (1, 2):
         eager_row, graphed_row = eager.train_one_epoch(epoch), graphed.train_one_epoch(epoch)
         for key in ("train_loss", "train_acc"):
             assert graphed_row[key] == eager_row[key], (epoch, key)
     assert graphed.graphed_step is not None and len(graphed.graphed_step.warmup_outputs) == cudagraphs.WARMUP_STEPS
+    graphed_state = graphed.model.state_dict()
     for name, value in eager.model.state_dict().items():
-        assert torch.equal(graphed.model.state_dict()[name], value), name
+        assert torch.equal(graphed_state[name], value), name
     assert torch.equal(graphed.shuffle_generator.get_state(), eager.shuffle_generator.get_state())
 
 

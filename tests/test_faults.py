@@ -271,6 +271,27 @@ def test_not_enough_disk_is_refused_before_training(tiny_filesystem):
         fit(config)
 
 
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path):
+    """A Ctrl-C that lands inside torch.save used to come out as torch's RuntimeError
+    ("unexpected pos"), and the run ended "failed" with a disk-space message (seen in
+    run_all.sh's Ctrl-C test). Now the write completes, the file is whole, and the
+    KeyboardInterrupt follows."""
+    import signal
+
+    path = tmp_path / "last.pt"
+    state = {"weights": torch.arange(1_000_000)}
+
+    def write(stream):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is being written
+        torch.save(state, stream)
+
+    with pytest.raises(KeyboardInterrupt):
+        rundir.atomic_write(path, write, binary=True)
+    assert torch.equal(torch.load(path)["weights"], state["weights"])
+    assert not list(tmp_path.glob(f".*{rundir.TEMP_SUFFIX}"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
 def test_a_full_disk_mid_run_names_the_file_and_loses_no_epoch(tiny_filesystem, tmp_path, monkeypatch):
     """The preflight check bypassed: the checkpoint write fails; the message says why and the
     status claims no epoch that was not saved; the run then resumes on a disk with room."""

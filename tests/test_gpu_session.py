@@ -35,10 +35,8 @@ def test_usage_errors():
 
 
 @pytest.mark.slow
-def test_gpu_session_parts_dry_run(tmp_path):
-    """check: gpucheck's CPU checks pass, CUDA-only ones say so; targets: the bench rows; loop:
-    the real loop's settings side by side; paper: one real epoch, a concurrency speedup and the
-    estimate of the 27 paper runs."""
+def test_gpu_session_check_dry_run(tmp_path):
+    """check: gpucheck's CPU checks pass, the CUDA-only ones say so."""
     _session("check", tmp_path)
     rows = _rows(tmp_path / "gpucheck.csv")
     status = {}
@@ -51,15 +49,12 @@ def test_gpu_session_parts_dry_run(tmp_path):
     assert {row["status"] for row in rows if row["check"] in ("checkpoint", "deterministic")} == {"pass"}
     assert not any(row["status"] == "fail" for row in rows)
 
-    _session("targets", tmp_path)
-    bench_rows = _rows(tmp_path / "targets.csv")
-    groups = {(row["group"], row["setting"]) for row in bench_rows}
-    assert {("peer", "paper"), ("ablation", "paper"), ("grid", "throughput")} <= groups
-    peer = {row["variant"] for row in bench_rows if row["group"] == "peer"}
-    assert {"default", "plain fp32 eager", "timm channels_last"} <= peer
-    assert all(float(row["peak_tflops"]) == 790 for row in bench_rows if row["setting"] == "throughput")
 
-    _session("loop", tmp_path)  # the dry run: eager and 3 packed seeds (graphs need CUDA)
+@pytest.mark.slow
+def test_gpu_session_loop_dry_run(tmp_path):
+    """loop: the real loop's settings side by side (the dry run: eager and 3 packed seeds,
+    trained by `train --seeds 0 1 2 --pack`; graphs need CUDA)."""
+    _session("loop", tmp_path)
     loop = {row["setting"]: row for row in _rows(tmp_path / "loop.csv")}
     assert set(loop) == {"eager", "packed"} and float(loop["eager"]["speedup"]) == 1
     assert (loop["packed"]["runs"], loop["packed"]["packed_seeds"], loop["packed"]["cuda_graphs"]) == (
@@ -68,6 +63,19 @@ def test_gpu_session_parts_dry_run(tmp_path):
         "false",
     )
     assert float(loop["packed"]["images_per_second"]) > 0 and len(_rows(tmp_path / "loop_wall.csv")) == 2
+
+
+@pytest.mark.slow
+def test_gpu_session_targets_and_paper_dry_run(tmp_path):
+    """targets: the bench rows; paper: one real epoch, a concurrency speedup and the estimate
+    of the 27 paper runs; run again, it finds everything done."""
+    _session("targets", tmp_path)
+    bench_rows = _rows(tmp_path / "targets.csv")
+    groups = {(row["group"], row["setting"]) for row in bench_rows}
+    assert {("peer", "paper"), ("ablation", "paper"), ("grid", "throughput")} <= groups
+    peer = {row["variant"] for row in bench_rows if row["group"] == "peer"}
+    assert {"default", "plain fp32 eager", "timm channels_last"} <= peer
+    assert all(float(row["peak_tflops"]) == 790 for row in bench_rows if row["setting"] == "throughput")
 
     _session("paper", tmp_path)
     assert len(_rows(tmp_path / "paper_wall.csv")) == 2  # the paper run and the lone concurrency run
