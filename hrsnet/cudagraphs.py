@@ -40,7 +40,7 @@ from .data import preprocess
 WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
 
 # ``--cuda-graphs auto`` turns graphs on only once they are measured to win in the real loop
-# on a GPU (scripts/gpu_session.sh targets, the "fit" rows); no GPU session has run yet.
+# on a GPU (scripts/gpu_session.sh loop: loop.csv); no GPU session has run yet.
 GRAPHS_WIN_MEASURED = False
 
 
@@ -162,9 +162,9 @@ def resolve_cuda_graphs(
     """(use graphs, why) for a training run: ``switch`` is TrainConfig.cuda_graphs.
 
     ``on`` where graphs cannot work raises ValueError naming why (a setting this run cannot
-    have: the command line's one-line error); ``auto`` gives
-    off with the reason. The optimizer is not checked: the Trainer makes Adam capturable.
-    A last batch smaller than ``batch_size`` is trained eagerly (through the same step body).
+    have: the command line's one-line error); ``auto`` gives off with the reason. The
+    optimizer is not checked: the Trainer makes Adam capturable. A last batch smaller than
+    ``batch_size`` is trained eagerly (through the same step body).
     """
     if switch == "off":
         return False, "off: asked for"

@@ -55,7 +55,7 @@ PROFILES: dict[str, Profile] = {
         "a CPU-sized version: offline digits (or CIFAR-100 if its files are present) at 32x32, "
         "288 training images, batch 16, at most 3 epochs, early stopping (patience 2); "
         "3 networks x C in {2, 8}, 3 seeds",
-        "18 runs, about 10 minutes on 2 CPU cores (run_all.sh --jobs 2)",
+        "18 runs, about 8 minutes on 2 CPU cores (run_all.sh --jobs 2)",
         widths=(2, 8),
         seeds=(0, 1, 2),
         # Batch 16 as in the paper: 18 steps an epoch. Fewer steps leave BatchNorm's running

@@ -16,13 +16,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first (a stable sort): pytest-xdist hands tests out in order, so the long
-    ones start at once on both workers and the short ones fill in at the end, instead of one
-    worker finishing a minutes-long test alone while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def cifar_fixture_dir(tmp_path_factory):
     """A small dataset in the real CIFAR-100 python format, and its MD5 sums."""
