@@ -155,15 +155,18 @@ part_loop() {
     mkdir -p "$DIR/markers"
     local status=0 setting WALL_CSV=$DIR/loop_wall.csv
     local -A extra=([eager]="--cuda-graphs off" [graphs]="--cuda-graphs on" [packed]="--seeds 0 1 2 --pack")
+    local trained=()  # the settings that finished: a failed one does not cost the others' rows
     for setting in "${settings[@]}"; do
         # shellcheck disable=SC2086  # the extra options are words
         train_once "$DIR/markers/loop_$setting" "$DIR/loop/$setting" "${common[@]}" ${extra[$setting]} \
             || status=$?
+        [[ -e $DIR/markers/loop_$setting ]] && trained+=("$setting")
     done
+    ((${#trained[@]})) || return $((status ? status : 1))
     deadline=$((deadline + 30))  # the summary reads files only
     run 60 "$PYTHON" -c 'import sys; from hrsnet.bench import write_loop_comparison
 write_loop_comparison(sys.argv[1], sys.argv[2:])' \
-        "$DIR" "${settings[@]}" || status=$?
+        "$DIR" "${trained[@]}" || status=$?
     return $status
 }
 
