@@ -132,6 +132,7 @@ def _run_report(run) -> dict:
 
 
 def _succeeded(run) -> bool:
+    """Training ended as planned: complete or early-stopped (a diverged run is finished, not a success)."""
     return run.status.state in ("complete", "early-stopped")
 
 

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .data import preprocess
 from .models import create_model, list_models
-from .rundir import atomic_write
+from .rundir import atomic_write, write_csv
 from .runtime import (
     autocast_context,
     make_optimizer,
@@ -1025,10 +1025,7 @@ def write_loop_comparison(folder: str | Path, settings: list[str]) -> list[dict[
     and printed (scripts/gpu_session.sh loop)."""
     folder = Path(folder)
     rows = loop_comparison({name: folder / "loop" / name for name in settings})
-    with open(folder / "loop.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=LOOP_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(folder / "loop.csv", rows, LOOP_COLUMNS)
     for row in rows:
         print(
             f"{row['setting']:8s} {row['images_per_second']:9.1f} img/s  x{row['speedup']:.2f}  "

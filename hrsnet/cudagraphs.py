@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import preprocess
+from .runtime import optimization_step
 
 WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
 
@@ -93,15 +94,7 @@ def graph_step_body(
     if augment:
         images = device_crop_flip(images, generator)
     inputs = preprocess(images, image_size, memory_format=memory_format)
-    if precision == "bf16":
-        with torch.autocast(device_type=inputs.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            logits = forward(inputs)
-    else:
-        logits = forward(inputs)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    loss, logits = optimization_step(forward, optimizer, inputs, labels, precision, cache_enabled=False)
     return loss, logits, labels
 
 

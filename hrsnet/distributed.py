@@ -48,7 +48,7 @@ from .config import TrainConfig
 from .data import DatasetSplits, Split, random_crop_flip
 from .runlock import RunLock
 from .runtime import check_device_name, configure_determinism
-from .train import Trainer, finish_run, load_run_data, open_run, train_guarded, training_step
+from .train import Trainer, finish_run, load_run_data, open_run, train_guarded
 
 __all__ = [
     "DistContext",
@@ -230,6 +230,8 @@ class DistributedTrainer(Trainer):
         share = size // self.world_size
         return slice(self.context.rank * share, (self.context.rank + 1) * share)
 
+    augments_in_batch = True  # the whole global batch is augmented in batch(), then sliced
+
     def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Augmentation is drawn for the whole global batch (the generator advances as with
         # one process), then sliced: cropping and flipping uint8 images before the float
@@ -240,18 +242,6 @@ class DistributedTrainer(Trainer):
         else:
             images = split.images[index[rows]]
         return images, split.labels[index[rows]]
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_step(
-            self.step_model,
-            self.optimizer,
-            images,
-            labels,
-            self.config.image_size,
-            self.precision,
-            self.memory_format,
-            augment=False,  # already applied in batch()
-        )
 
     def epoch_totals(self, loss_sum, correct, seen):
         totals = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])

@@ -258,16 +258,11 @@ def check_fast_paths(report: Report, sizes: Sizes, device: torch.device, compile
                     plain_update, update = _flat(plain) - before, _flat(model) - before
                     cosine = _cosine(plain_update, update)
                     norm_ratio = (update.norm() / plain_update.norm()).item()
+                    loss_limit = FP32_LOSS if precision == "fp32" else BF16_LOSS
+                    report.judged(
+                        "fast_paths", name, step, "loss_rel_diff", relative, relative <= loss_limit, f"<= {loss_limit}"
+                    )
                     if precision == "fp32":
-                        report.judged(
-                            "fast_paths",
-                            name,
-                            step,
-                            "loss_rel_diff",
-                            relative,
-                            relative <= FP32_LOSS,
-                            f"<= {FP32_LOSS}",
-                        )
                         report.judged(
                             "fast_paths",
                             name,
@@ -278,15 +273,6 @@ def check_fast_paths(report: Report, sizes: Sizes, device: torch.device, compile
                             f">= {FP32_COSINE}",
                         )
                     else:
-                        report.judged(
-                            "fast_paths",
-                            name,
-                            step,
-                            "loss_rel_diff",
-                            relative,
-                            relative <= BF16_LOSS,
-                            f"<= {BF16_LOSS}",
-                        )
                         report.add("fast_paths", name, step, "update_cosine", cosine, "reported only (bf16)")
                     report.add("fast_paths", name, step, "update_norm_ratio", norm_ratio)
             except Exception as error:  # one broken path must not hide the others

@@ -77,11 +77,33 @@ def resolve_eval_batch_size(setting: int | None, batch_size: int, device: torch.
     return CUDA_EVAL_BATCH_SIZE if device.type == "cuda" else max(batch_size, 64)
 
 
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast for ``precision == "bf16"``, else nothing."""
+def autocast_context(precision: str, device: torch.device, cache_enabled: bool = True):
+    """bf16 autocast for ``precision == "bf16"``, else nothing (``cache_enabled``: autocast's
+    weight-cast cache; a CUDA graph capture needs it off)."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return nullcontext()
+
+
+def optimization_step(
+    forward: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    precision: str = "fp32",
+    cache_enabled: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward (autocast if bf16), cross-entropy in float32, backward, optimizer step on a
+    preprocessed batch; returns (loss, logits). The one step body of training and the CUDA graph."""
+    import torch.nn.functional as F
+
+    with autocast_context(precision, inputs.device, cache_enabled):
+        logits = forward(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 def make_optimizer(

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import preflight, rundir
 from .config import TrainConfig
@@ -34,10 +33,10 @@ from .models import create_model
 from .rundir import RunStatus
 from .runlock import LOCK_FILE, RunLock, RunLockedError
 from .runtime import (
-    autocast_context,
     configure_determinism,
     make_optimizer,
     memory_format,
+    optimization_step,
     resolve_channels_last,
     resolve_device,
     resolve_eval_batch_size,
@@ -96,13 +95,7 @@ def training_step(
     """Preprocess a uint8 batch on its device, forward (autocast if bf16), cross-entropy in
     float32, backward, optimizer step. Shared by fit() and the benchmark."""
     inputs = preprocess(images, image_size, augment, generator, memory_format)
-    with autocast_context(precision, images.device):
-        logits = forward(inputs)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss, logits
+    return optimization_step(forward, optimizer, inputs, labels, precision)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
@@ -223,6 +216,8 @@ def _metrics(result: EvalResult, epoch: int) -> dict[str, Any]:
 
 class Trainer:
     """One run: its model, optimizer, data, history and status. ``run()`` is the loop."""
+
+    augments_in_batch = False  # True where batch() has already augmented (hrsnet.distributed)
 
     def __init__(self, config: TrainConfig, data: DatasetSplits, device: torch.device, run_dir: Path | None = None):
         self.config = config
@@ -424,7 +419,7 @@ class Trainer:
             self.config.image_size,
             self.precision,
             self.memory_format,
-            self.config.augment,
+            self.config.augment and not self.augments_in_batch,
             self.shuffle_generator,
         )
 
