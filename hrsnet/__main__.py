@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .train import fit, fit_seeds
+    from .runs import fit, fit_seeds
 
     config = config_from_args(args)
     if args.pack and not args.seeds:
@@ -137,8 +137,8 @@ def _succeeded(run) -> bool:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .paper import architecture_table, claim_finding
-    from .tables import markdown_table
+    from .analysis.paper import architecture_table, claim_finding
+    from .analysis.tables import markdown_table
 
     table = architecture_table(args.arch or None, args.width, args.image_size, args.num_classes)
     print(markdown_table(table) if args.markdown else table.to_string(index=False))
@@ -150,8 +150,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """List a profile's runs (first line, on stderr: which profile and why). Each row: index, run
     id, network, C, seed, state, and what a rerun will do, with any disagreement between its files."""
-    from . import rundir
     from .experiments import profile_runs, resolve_profile
+    from .runs.lifecycle import check_run
 
     name, why = resolve_profile(args.profile)
     print(f"profile: {name} ({why})", file=sys.stderr)
@@ -159,7 +159,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for index, config in enumerate(
         profile_runs(name, args.results_dir, args.data_dir, only=args.only, seeds=args.seeds)
     ):
-        check = rundir.check_run(config.run_dir())
+        check = check_run(config.run_dir())
         if args.pending and check.action == "skip: finished":
             continue
         action = check.action + "".join(f"; {problem}" for problem in check.problems)
@@ -183,7 +183,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from .analysis.report import render_report
 
     print(render_report(args.notebooks, args.output))
     return 0
@@ -192,7 +192,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .bench import BenchOptions, estimate_profile, estimate_totals, parse_setting, run_benchmark
+    from .tools.bench import BenchOptions, parse_setting, run_benchmark
+    from .tools.estimate import estimate_profile, estimate_totals
 
     if args.estimate:
         rows = estimate_profile(
@@ -278,7 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_gpucheck(args: argparse.Namespace) -> int:
-    from .gpucheck import run_gpucheck
+    from .tools.gpucheck import run_gpucheck
 
     return run_gpucheck(args)
 
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(handler=cmd_bench)
 
-    from .gpucheck import add_gpucheck_arguments
+    from .tools.gpucheck import add_gpucheck_arguments
 
     gpucheck = commands.add_parser(
         "gpucheck",
@@ -429,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataNotFoundError
+    from .engine.checkpoint import CheckpointError
     from .rundir import RunFileError
-    from .runlock import RunLockedError
-    from .train import CheckpointError
+    from .runs.lock import RunLockedError
 
     try:
         return args.handler(args)

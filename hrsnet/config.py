@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .data import DATASETS
+from .models import PRESETS, list_models, model_config
 from .runtime import DEVICE_CHOICES, OPTIMIZERS, PRECISIONS, SWITCHES, check_device_name
 
 RUN_ID_FORMAT = 2  # 1: every field hashed, defaults included
@@ -36,14 +38,10 @@ GROUPS = {
 
 
 def _model_names() -> tuple[str, ...]:
-    from .models import list_models
-
     return tuple(list_models())
 
 
 def _dataset_names() -> tuple[str, ...]:
-    from .data import DATASETS
-
     return DATASETS
 
 
@@ -166,15 +164,11 @@ class TrainConfig:
         return cls(**settings)
 
     def model_config(self, num_classes: int):
-        from .models import model_config
-
         return model_config(self.arch, self.width, num_classes, **dict(self.model_options))
 
     def identity(self) -> dict[str, Any]:
         """What the run computes: the format, the network's revision, and every non-operational
         setting that differs from its default (hashed into the run id)."""
-        from .models import PRESETS
-
         values: dict[str, Any] = {"format": RUN_ID_FORMAT, "network_revision": PRESETS[self.arch].revision}
         for config_field in dataclasses.fields(self):
             if config_field.metadata["operational"]:

@@ -119,8 +119,8 @@ def _nhwc_to_split(images: np.ndarray, labels) -> Split:
 def cifar100_problem(data_dir: Path) -> str | None:
     """What is wrong with the CIFAR-100 copy in ``data_dir``, or None if it passes its checksums
     (or is not there at all: that is a download's job)."""
-    from torchvision.datasets import CIFAR100
-    from torchvision.datasets.utils import check_integrity
+    from torchvision.datasets import CIFAR100  # lazy: only CIFAR needs torchvision's datasets
+    from torchvision.datasets.utils import check_integrity  # lazy: as above
 
     folder = Path(data_dir) / CIFAR100.base_folder
     if not folder.is_dir():
@@ -144,7 +144,7 @@ def load_cifar100_arrays(data_dir: Path, download: bool = True):
     unreadable is reported as such (and left alone); a missing one is downloaded when allowed,
     and offline that failure becomes one clear DataNotFoundError.
     """
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100  # lazy: only CIFAR needs torchvision's datasets
 
     root = str(data_dir)
     how_to = (
@@ -176,7 +176,7 @@ def load_cifar100_arrays(data_dir: Path, download: bool = True):
 
 def load_digits_arrays():
     """scikit-learn's bundled digits as 3-channel uint8 NHWC images (8x8), labels, class names."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second to import; only digits needs it
 
     digits = load_digits()
     gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # pixel values are 0..16
@@ -265,15 +265,18 @@ def load_dataset(
     )
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Per-image random crop (zero padding of ``padding`` pixels) and horizontal flip, on device.
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4) -> torch.Tensor:
+    """Per-image random crop (zero padding of ``padding`` pixels) and horizontal flip.
 
-    The random numbers come from ``generator`` (on the CPU, so a run's RNG state can be saved
-    and resumed exactly) and are moved to the images' device.
+    The random numbers are drawn on ``generator``'s device (None: the images' device's default
+    generator) and used on the images' device: a CPU generator keeps a run's random state
+    resumable exactly, a CUDA one needs no host-to-device copy and can be replayed in a CUDA
+    graph. On uint8 images it equals cropping after the float conversion (padding is 0 either way).
     """
     batch, channels, height, width = images.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator).to(images.device)
-    flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+    draw_on = generator.device if generator is not None else images.device
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=draw_on).to(images.device)
+    flips = (torch.rand(batch, generator=generator, device=draw_on) < 0.5).to(images.device)
     padded = F.pad(images, (padding, padding, padding, padding))
     rows = (offsets[0, :, None] + torch.arange(height, device=images.device))[:, None, :, None]
     cols = (offsets[1, :, None] + torch.arange(width, device=images.device))[:, None, None, :]
@@ -284,23 +287,15 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
 
 
 def preprocess(
-    images: torch.Tensor,
-    image_size: int,
-    augment: bool = False,
-    generator: torch.Generator | None = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    images: torch.Tensor, image_size: int, memory_format: torch.memory_format = torch.contiguous_format
 ) -> torch.Tensor:
     """uint8 (N, 3, h, w) -> normalized float32 (N, 3, image_size, image_size), on the images' device.
 
     The paper's pipeline, ``Resize((s, s))`` + ``ToTensor`` + ``Normalize(0.5, 0.5)``, in one
     batched pass: bilinear interpolation (half-pixel centres, as PIL), without PIL's rounding
-    to uint8 after the resize.
+    to uint8 after the resize. (Augmentation, when a run asks for it, comes before: random_crop_flip.)
     """
     x = images.float().div_(255.0)
-    if augment:
-        if generator is None:
-            raise ValueError("augment=True needs a torch.Generator for its random crops and flips")
-        x = random_crop_flip(x, generator)
     if x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(
             x,

@@ -5,8 +5,9 @@
 - ``config.json``: every setting of the run, the model config, dataset sizes, package
   versions, git commit, device name.
 - ``split.json``: the seeded train / validation split (positions in the source training set).
-- ``history.csv``: one row per completed epoch: epoch, train_loss, train_acc, val_loss,
-  val_acc, lr, epoch_seconds, images_per_second (accuracies as fractions).
+- ``history.csv``: one row per completed epoch: epoch, train_loss (the epoch mean), train_acc,
+  val_loss, val_acc, lr, epoch_seconds, images_per_second, val_seconds, checkpoint_seconds,
+  train_loss_tail (the released notebooks' training loss); accuracies as fractions.
 - ``per_class.csv``: test accuracy of the last-epoch model per class: class_index,
   class_name, support, correct, accuracy.
 - ``test_metrics.json``: ``{"last": {"top1", "top5", "loss", "epoch"}, "best": {...}}``,
@@ -17,7 +18,7 @@
   second line the reason.
 - ``last.pt`` and ``best_epochNNN.pt``: checkpoints (git-ignored).
 - ``.lock``: the lock of the process training the run, with its pid, host and start time
-  (hrsnet.runlock; never deleted, held only while a process trains).
+  (hrsnet.runs.lock; never deleted, held only while a process trains).
 - ``.<name>.<random>.tmp``: a file being written; one left by a killed process is removed
   when the run is next trained.
 """
@@ -26,24 +27,27 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import pandas as pd
+import numpy as np
+import pandas as pd
 
 # epoch_seconds is the training pass; the epoch's validation (with the best checkpoint's
-# write) and last.pt's write are timed apart. Histories written before those two columns
-# existed still read (the columns come back empty), as do rows restored from a checkpoint,
-# which is saved before its own write can be timed.
+# write) and last.pt's write are timed apart. train_loss_tail is the released notebooks'
+# training loss (the mean over the batches after the last multiple of 1,000; hrsnet.engine.step).
+# Histories written before a column existed still read (it comes back empty), as do rows
+# restored from a checkpoint, which is saved before its own write can be timed.
 HISTORY_COLUMNS_BEFORE_TIMING = [
     "epoch",
     "train_loss",
@@ -54,7 +58,8 @@ HISTORY_COLUMNS_BEFORE_TIMING = [
     "epoch_seconds",
     "images_per_second",
 ]
-HISTORY_COLUMNS = [*HISTORY_COLUMNS_BEFORE_TIMING, "val_seconds", "checkpoint_seconds"]
+HISTORY_COLUMNS_BEFORE_TAIL = [*HISTORY_COLUMNS_BEFORE_TIMING, "val_seconds", "checkpoint_seconds"]
+HISTORY_COLUMNS = [*HISTORY_COLUMNS_BEFORE_TAIL, "train_loss_tail"]
 PER_CLASS_COLUMNS = ["class_index", "class_name", "support", "correct", "accuracy"]
 STATES = ("running", "complete", "early-stopped", "diverged", "failed")
 FINISHED_STATES = ("complete", "early-stopped", "diverged")
@@ -105,8 +110,6 @@ def atomic_write(
             os.replace(temp_name, path)
     except (OSError, RuntimeError) as error:
         _remove(temp_name)
-        from .preflight import describe_write_error
-
         raise RunFileError(describe_write_error(path, error, needed_bytes)) from error
     except BaseException:
         _remove(temp_name)
@@ -222,8 +225,6 @@ def read_status(run_dir: Path) -> RunStatus | None:
 
 def read_history(run_dir: Path) -> pd.DataFrame:
     """history.csv as a DataFrame (empty, with the schema's columns, before the first epoch)."""
-    import pandas as pd
-
     path = Path(run_dir) / HISTORY_FILE
     if not path.exists():
         return pd.DataFrame(columns=HISTORY_COLUMNS)
@@ -234,7 +235,7 @@ def read_history(run_dir: Path) -> pd.DataFrame:
             f"{path} is not a readable history ({type(error).__name__}); "
             "training the run again rewrites it from the checkpoint"
         ) from error
-    if list(history.columns) == HISTORY_COLUMNS_BEFORE_TIMING:
+    if list(history.columns) in (HISTORY_COLUMNS_BEFORE_TIMING, HISTORY_COLUMNS_BEFORE_TAIL):
         history = history.reindex(columns=HISTORY_COLUMNS)
     if list(history.columns) != HISTORY_COLUMNS:
         raise RunFileError(
@@ -292,8 +293,6 @@ class Run:
 
     def examples(self) -> dict[str, Any] | None:
         """class_examples.npz: a few test images per class, their labels and the last model's predictions."""
-        import numpy as np
-
         path = self.run_dir / EXAMPLES_FILE
         if not path.exists():
             return None
@@ -303,8 +302,6 @@ class Run:
 
 def read_run(run_dir: Path) -> Run:
     """Every file of a run directory that exists; a run without a status file counts as failed."""
-    import pandas as pd
-
     run_dir = Path(run_dir)
     config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / TEST_METRICS_FILE
     per_class_path = run_dir / PER_CLASS_FILE
@@ -318,61 +315,84 @@ def read_run(run_dir: Path) -> Run:
     )
 
 
-@dataclass(frozen=True)
-class RunCheck:
-    """What a run directory's files say together: problems found, and what a rerun will do."""
-
-    state: str
-    problems: tuple[str, ...]
-    action: str
+# --- write errors in one line -----------------------------------------------------------------
 
 
-def check_run(run_dir: Path, probe_lock: bool = True) -> RunCheck:
-    """Cross-check a run's files without training: status, metrics, history, checkpoint, lock.
-    ``probe_lock=False`` in the process that holds the run's lock (fit())."""
-    from .runlock import lock_state
+def format_bytes(count: int | float) -> str:
+    """1234567 -> '1.2 MB', 40_000_000 -> '40 MB' (decimal units)."""
+    value = float(count)
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            break
+        value /= 1000
+    if unit == "bytes":
+        return f"{int(value)} bytes"
+    if value >= 10000:  # only absurd requests get here
+        return f"{value:.1e} {unit}"
+    return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    state = status.state if status else "new"
-    problems: list[str] = []
-    if status is not None and status.state == UNREADABLE:
-        problems.append(status.reason)
-    lock = lock_state(run_dir) if probe_lock and run_dir.exists() else "none"
-    if lock == "held":
-        from .runlock import describe_holder, lock_holder
 
-        return RunCheck("training", (), f"skip: being trained by {describe_holder(lock_holder(run_dir))}")
-    checkpoint_epochs = None
-    last = run_dir / LAST_CHECKPOINT
-    if last.exists():
-        try:
-            import torch  # mmap: the history without reading the weights
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (whose filesystem a new file would land on)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
-            checkpoint_epochs = len(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["history"])
-        except Exception as error:
-            problems.append(f"checkpoint {last} is corrupt or unreadable ({type(error).__name__})")
-    for name in (CONFIG_FILE, TEST_METRICS_FILE):
-        if (run_dir / name).exists():
-            try:
-                read_json(run_dir / name)
-            except RunFileError as error:
-                problems.append(str(error).split(";")[0])
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large for the file system",
+}
+# What torch.save raises when a write fails inside its zip writer (its C++ stream hides errno).
+_TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing file", "file write failed", "iostream error")
+_FULL_ENOUGH_BYTES = 16 * 2**20  # with no size given, less than this free reads as a full disk
+
+
+def _os_error_in_chain(error: BaseException) -> OSError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe_write_error(path: Path | str, error: BaseException, needed_bytes: int | None = None) -> str:
+    """One line on why writing ``path`` failed: the file, the cause, the space a checkpoint needs.
+
+    Handles OSErrors (ENOSPC, EDQUOT, EROFS, EACCES, ...), also when chained under another
+    error, and torch.save's ``RuntimeError: [enforce fail at inline_container.cc...] unexpected
+    pos``, which names no cause: it reads as a full disk when the disk has less free than
+    ``needed_bytes`` (or than 16 MiB when not given).
+    """
+    path = Path(path)
     try:
-        history_epochs = len(read_history(run_dir))
-    except RunFileError as error:
-        history_epochs = None
-        problems.append(str(error).split(";")[0])
-    if checkpoint_epochs is not None and history_epochs is not None and history_epochs < checkpoint_epochs:
-        problems.append(f"history.csv has {history_epochs} epochs, the checkpoint {checkpoint_epochs}")
-    if status is not None and status.finished and not (run_dir / TEST_METRICS_FILE).exists():
-        problems.append(f"{status.state} but {TEST_METRICS_FILE} is missing")
-    if status is not None and status.state == "running" and lock == "stale":
-        problems.append("its process died (the lock is stale)")
-    if status is not None and status.finished and not problems:
-        return RunCheck(state, (), "skip: finished")
-    if checkpoint_epochs is not None:
-        return RunCheck(state, tuple(problems), f"resume after epoch {checkpoint_epochs}")
-    if last.exists() or (status is not None and status.finished):
-        return RunCheck(state, tuple(problems), "cannot resume: rerun with --force to start over")
-    return RunCheck(state, tuple(problems), "start")
+        free: int | None = shutil.disk_usage(existing_ancestor(path.parent)).free
+    except OSError:
+        free = None
+    space = []
+    if free is not None:
+        space.append(f"{format_bytes(free)} free in {path.parent}")
+    if needed_bytes is not None:
+        space.append(f"a checkpoint needs about {format_bytes(needed_bytes)}")
+    space_text = f" ({', '.join(space)})" if space else ""
+    os_error = _os_error_in_chain(error)
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if os_error is not None:
+        cause = _CAUSES.get(os_error.errno) or f"{os_error.strerror or os_error} (errno {os_error.errno})"
+    elif isinstance(error, RuntimeError) and any(marker in str(error) for marker in _TORCH_WRITE_FAILURES):
+        full = free is not None and free < (needed_bytes if needed_bytes is not None else _FULL_ENOUGH_BYTES)
+        cause = "no space left on device" if full else f"the write failed ({type(error).__name__}: {text})"
+    else:
+        cause = f"{type(error).__name__}: {text}"
+    if os_error is not None and os_error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "choose another --results-dir"
+    else:
+        advice = "free space or choose another --results-dir"
+    return f"could not write {path}: {cause}{space_text}; {advice}"

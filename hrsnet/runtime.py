@@ -85,27 +85,6 @@ def autocast_context(precision: str, device: torch.device, cache_enabled: bool =
     return nullcontext()
 
 
-def optimization_step(
-    forward: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    precision: str = "fp32",
-    cache_enabled: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (autocast if bf16), cross-entropy in float32, backward, optimizer step on a
-    preprocessed batch; returns (loss, logits). The one step body of training and the CUDA graph."""
-    import torch.nn.functional as F
-
-    with autocast_context(precision, inputs.device, cache_enabled):
-        logits = forward(inputs)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss, logits
-
-
 def make_optimizer(
     name: str,
     parameters: Iterable[torch.nn.Parameter],

@@ -45,7 +45,7 @@ else
 fi
 if [[ -z ${GPU_SESSION_DIR:-} && -z $default_dir ]]; then
     slug=$("$PYTHON" -c 'import torch
-from hrsnet.bench import device_slug
+from hrsnet.tools.bench import device_slug
 print(device_slug(torch.device("cuda")) if torch.cuda.is_available() else "")')
     if [[ -z $slug ]]; then
         echo "error: torch sees no CUDA GPU; run with --dry-run on a CPU" >&2
@@ -164,7 +164,7 @@ part_loop() {
     done
     ((${#trained[@]})) || return $((status ? status : 1))
     deadline=$((deadline + 30))  # the summary reads files only
-    run 60 "$PYTHON" -c 'import sys; from hrsnet.bench import write_loop_comparison
+    run 60 "$PYTHON" -c 'import sys; from hrsnet.tools.estimate import write_loop_comparison
 write_loop_comparison(sys.argv[1], sys.argv[2:])' \
         "$DIR" "${trained[@]}" || status=$?
     return $status
@@ -205,7 +205,7 @@ part_paper() {
             pids+=($!)
         done
         for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-        "$PYTHON" -c 'import sys; from hrsnet.bench import concurrency_speedup
+        "$PYTHON" -c 'import sys; from hrsnet.tools.estimate import concurrency_speedup
 print(f"{concurrency_speedup(sys.argv[1], sys.argv[2]):.3f}")' \
             "$DIR/concurrency/single" "$DIR/concurrency/together" >"$speedup_file.tmp" \
             && mv "$speedup_file.tmp" "$speedup_file" || status=$?

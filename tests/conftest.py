@@ -9,7 +9,7 @@ import torch
 from cifar_fixture import write_cifar100_fixture
 from torchvision.datasets import CIFAR100
 
-from hrsnet.train import TrainConfig
+from hrsnet.config import TrainConfig
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # run_tests.sh runs two workers on the 2 cores: one torch thread each, or they oversubscribe.
@@ -56,7 +56,7 @@ def tiny_config(results_dir, **overrides) -> TrainConfig:
 
 def script_validation_losses(monkeypatch, losses):
     """Make the validation loss of successive epochs ``losses`` (the model still really trains)."""
-    import hrsnet.train as train_module
+    import hrsnet.engine.trainer as train_module
 
     remaining = iter(losses)
     real_evaluate = train_module.Trainer.evaluate
@@ -68,3 +68,14 @@ def script_validation_losses(monkeypatch, losses):
         return result
 
     monkeypatch.setattr(train_module.Trainer, "evaluate", scripted)
+
+
+def train_on(trainer, images, labels):
+    """One training step (hrsnet.engine.step.train_step) of ``trainer``'s model, optimizer and
+    settings on this batch; returns its loss."""
+    from hrsnet.engine.step import BatchShare, train_step
+
+    index = torch.arange(len(labels), device=images.device)
+    share = BatchShare(images, labels, index, trainer.augment_generator, trainer.rows(len(index)))
+    losses, _, _ = train_step(trainer.step_model, trainer.optimizer, [share], trainer.step_settings)
+    return losses[0]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hrsnet import rundir
-from hrsnet.train import TrainConfig
+from hrsnet.config import TrainConfig
 
 
 def write_fixture_run(

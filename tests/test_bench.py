@@ -7,12 +7,13 @@ import csv
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_on
 
-from hrsnet import bench
 from hrsnet.__main__ import main
 from hrsnet.data import load_dataset
-from hrsnet.train import Trainer, load_optimizer_state
+from hrsnet.engine.checkpoint import load_optimizer_state
+from hrsnet.engine.trainer import Trainer
+from hrsnet.tools import bench, estimate
 
 
 def _trainer(tmp_path, **switches):
@@ -41,8 +42,8 @@ def _compare_steps(tmp_path, fast_switches, loss_tolerance, min_cosine=None, ste
         load_optimizer_state(fast.optimizer, plain.optimizer.state_dict())
         before = _flat(plain.model)
         batch = slice(16 * step, 16 * (step + 1))
-        plain_loss, _ = plain.train_step(images[batch], labels[batch])
-        fast_loss, _ = fast.train_step(images[batch], labels[batch])
+        plain_loss = train_on(plain, images[batch], labels[batch])
+        fast_loss = train_on(fast, images[batch], labels[batch])
         assert abs(fast_loss.item() - plain_loss.item()) <= loss_tolerance * plain_loss.item(), step
         if min_cosine is None:
             continue
@@ -278,15 +279,15 @@ def test_estimate_from_histories_has_a_known_answer(tmp_path):
     _history_run(tmp_path / "runs", "hrsnet", 2, 40_000, 10_000, [{"epoch": 1, "epoch_seconds": 60.0}])
     wall = tmp_path / "wall.csv"
     wall.write_text("run_id,wall_seconds\nhrnet_c2,265\n")  # 2 x (100 + 10 + 5) + 35
-    costs = bench.epoch_costs_from_histories([tmp_path / "runs"], 40_000, 10_000, bench.read_wall_seconds(wall))
+    costs = estimate.epoch_costs_from_histories([tmp_path / "runs"], 40_000, 10_000, estimate.read_wall_seconds(wall))
     hrnet = costs[("hrnet", 2)]
     assert (hrnet.train_seconds, hrnet.val_seconds, hrnet.checkpoint_seconds) == (400.0, 20.0, 5.0)
     assert hrnet.overhead_seconds == pytest.approx(35.0)
     assert hrnet.run_seconds(35) == pytest.approx(35 * 425 + 35)
 
-    estimate = bench.estimate_profile("paper", histories=[tmp_path / "runs"], wall_csv=wall, quiet=True)
-    assert len(estimate) == 27  # 3 networks x 3 widths x 3 seeds
-    by_cell = {(row["arch"], row["width"]): row for row in estimate}
+    rows = estimate.estimate_profile("paper", histories=[tmp_path / "runs"], wall_csv=wall, quiet=True)
+    assert len(rows) == 27  # 3 networks x 3 widths x 3 seeds
+    by_cell = {(row["arch"], row["width"]): row for row in rows}
     row = by_cell[("hrnet", 2)]
     assert row["epochs_released"] == 35 and row["epochs_released_source"] == "released"
     assert row["minutes_released"] == pytest.approx((35 * 425 + 35) / 60)
@@ -297,13 +298,13 @@ def test_estimate_from_histories_has_a_known_answer(tmp_path):
     assert by_cell[("hrnet", 18)]["epochs_released_source"] == "cap (none released)"
     assert by_cell[("hrnet", 18)]["source"] == "not measured"
 
-    totals = bench.estimate_totals(estimate, jobs=3, speedup=2.0)
+    totals = estimate.estimate_totals(rows, jobs=3, speedup=2.0)
     sequential = 3 * ((25 * 425 + 35) / 60 + 25)  # 3 seeds of each measured cell
     assert totals["runs_measured"] == 6 and totals["sequential_run_minutes"] == pytest.approx(sequential)
     longest = (25 * 425 + 35) / 60
     assert totals["concurrent_run_minutes"] == pytest.approx(max(sequential / 2.0, longest * 3 / 2.0))
     with pytest.raises(ValueError, match="speedup"):
-        bench.estimate_totals(estimate, jobs=2, speedup=0)
+        estimate.estimate_totals(rows, jobs=2, speedup=0)
 
 
 def test_concurrency_speedup(tmp_path):
@@ -312,4 +313,4 @@ def test_concurrency_speedup(tmp_path):
         _history_run(
             tmp_path / "together", "hrnet", 18, 8000, 1000, [{"epoch": 1, "images_per_second": rate}], f"s{seed}"
         )
-    assert bench.concurrency_speedup(tmp_path / "single", tmp_path / "together") == pytest.approx(2.1)
+    assert estimate.concurrency_speedup(tmp_path / "single", tmp_path / "together") == pytest.approx(2.1)

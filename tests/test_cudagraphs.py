@@ -1,15 +1,16 @@
-"""Whole-step CUDA graphs (hrsnet.cudagraphs): what runs on a CPU is tested here; the capture
+"""Whole-step CUDA graphs (hrsnet.engine.cudagraphs): what runs on a CPU is tested here; the capture
 itself needs a GPU (`python -m hrsnet gpucheck` checks it there against eager steps)."""
 
 import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from hrsnet import cudagraphs
-from hrsnet.bench import build_model
-from hrsnet.data import preprocess
-from hrsnet.train import training_step
+from hrsnet.data import preprocess, random_crop_flip
+from hrsnet.engine import cudagraphs
+from hrsnet.engine.step import BatchShare, StepSettings, train_step
+from hrsnet.tools.bench import build_model
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA GPU; torch sees none here")
@@ -31,7 +32,7 @@ def test_unavailable_on_a_cpu_with_a_clear_reason():
     assert reason is not None and "CUDA" in reason
     assert not cudagraphs.graphs_available("cpu")
     with pytest.raises(cudagraphs.GraphsUnavailableError, match="need a CUDA device"):
-        cudagraphs.GraphedTrainStep(model, optimizer, images, labels, batch_size=16, image_size=32)
+        cudagraphs.GraphedTrainStep(model, optimizer, BatchShare(images, labels, torch.arange(16)), StepSettings(32))
 
 
 def test_optimizer_and_batch_requirements():
@@ -46,32 +47,33 @@ def test_optimizer_and_batch_requirements():
         assert "torch.compile" in cudagraphs.graphs_unavailable_reason("cuda", compile_mode="default")
 
 
-def test_step_body_is_the_training_step():
-    """The body the graph captures (gather by index, preprocess, forward, loss, backward,
-    step) computes what hrsnet.train.training_step computes on the same batch."""
+def test_train_step_is_a_plain_step():
+    """train_step (what the eager loop, the graph and the pack run) computes a plain step: gather
+    by index, preprocess, forward, float32 cross-entropy, backward, SGD step."""
     model, optimizer, images, labels = _model_and_data()
     reference, reference_optimizer, _, _ = _model_and_data()
     index = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    loss, logits, batch_labels = cudagraphs.graph_step_body(model, optimizer, images, labels, index, 32)
-    expected_loss, expected_logits = training_step(reference, reference_optimizer, images[index], labels[index], 32)
-    assert torch.equal(batch_labels, labels[index])
-    torch.testing.assert_close(loss, expected_loss)
-    torch.testing.assert_close(logits, expected_logits)
+    losses, logits, batch_labels = train_step(model, optimizer, [BatchShare(images, labels, index)], StepSettings(32))
+    expected_logits = reference(preprocess(images[index], 32))
+    expected_loss = F.cross_entropy(expected_logits, labels[index])
+    reference_optimizer.zero_grad()
+    expected_loss.backward()
+    reference_optimizer.step()
+    assert losses.shape == (1,) and logits.shape == (8, 1, 100) and torch.equal(batch_labels[0], labels[index])
+    torch.testing.assert_close(losses[0], expected_loss)
+    torch.testing.assert_close(logits[:, 0], expected_logits)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
 
 
-def test_device_crop_flip_crops_and_flips():
-    """Each output image is a 32x32 window of the zero-padded input, possibly mirrored."""
+def test_crop_flip_on_uint8_equals_the_float_crop():
+    """The step crops uint8 images before the float conversion: the same values as cropping after
+    it (zero padding maps to 0.0 either way), from the same random draws."""
     images = torch.randint(1, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    out = cudagraphs.device_crop_flip(images, torch.Generator().manual_seed(2))
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for image, result in zip(padded, out):
-        windows = [image[:, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
-        assert any(torch.equal(result, w) or torch.equal(result, w.flip(-1)) for w in windows)
-    # Cropping uint8 first equals preprocessing's float crop: zero padding maps to 0.0 either way.
-    assert torch.equal(preprocess(out, 32), preprocess(out.float().div(255).mul(255).round().byte(), 32))
+    on_uint8 = random_crop_flip(images, torch.Generator().manual_seed(2))
+    on_float = random_crop_flip(images.float().div(255), torch.Generator().manual_seed(2))
+    assert on_uint8.dtype == torch.uint8
+    assert torch.equal(preprocess(on_uint8, 32), on_float.sub(0.5).div(0.5))
 
 
 @needs_cuda
@@ -84,14 +86,16 @@ def test_graph_replay_matches_eager_on_cuda():
     eager_optimizer = torch.optim.SGD(eager.parameters(), lr=0.005, momentum=0.9, fused=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, fused=True)
     images, labels = images.to(device), labels.to(device)
-    graphed = cudagraphs.GraphedTrainStep(model, optimizer, images, labels, batch_size=8, image_size=32)
-    from hrsnet.gpucheck import copy_training_state
+    settings = StepSettings(32)
+    first = torch.arange(8, device=device)
+    graphed = cudagraphs.GraphedTrainStep(model, optimizer, BatchShare(images, labels, first), settings)
+    from hrsnet.tools.gpucheck import copy_training_state
 
     copy_training_state(eager, eager_optimizer, model, optimizer)
     for step in range(3):
         index = torch.arange(8 * step, 8 * step + 8, device=device)
-        expected, _, _ = cudagraphs.graph_step_body(eager, eager_optimizer, images, labels, index, 32)
-        loss, _ = graphed.step(index)
+        expected = train_step(eager, eager_optimizer, [BatchShare(images, labels, index)], settings)[0][0]
+        loss = graphed.step(index)[0][0]
         assert abs(loss.item() - expected.item()) <= 1e-3 * abs(expected.item())
 
 
@@ -119,7 +123,7 @@ def _digits_trainer(results_dir, **settings):
     from conftest import tiny_config
 
     from hrsnet.data import load_dataset
-    from hrsnet.train import Trainer
+    from hrsnet.engine.trainer import Trainer
 
     config = tiny_config(results_dir, **settings)
     data = load_dataset(config.dataset, seed=config.seed, train_subset=config.train_subset)
@@ -146,17 +150,13 @@ def test_trainer_graphed_loop_equals_the_eager_loop(tmp_path):
 
 
 def test_trainer_makes_adam_capturable_for_graphs(tmp_path, monkeypatch):
-    """With graphs on, Adam is rebuilt with capturable=True (PyTorch refuses to capture it
-    otherwise); SGD is kept as it is. Capturable Adam steps only on a GPU, so this checks the
-    resolution alone."""
-    import hrsnet.train as train_module
+    """With graphs on, the Trainer builds Adam with capturable=True (PyTorch refuses to capture it
+    otherwise); SGD is the same either way. Capturable Adam steps only on a GPU, so this checks
+    the construction alone."""
+    import hrsnet.engine.trainer as train_module
 
+    assert not _digits_trainer(tmp_path / "adam", optimizer="adam").optimizer.param_groups[0]["capturable"]
     monkeypatch.setattr(train_module, "resolve_cuda_graphs", lambda *args, **kwargs: (True, "on: asked for"))
     adam = _digits_trainer(tmp_path / "adam", optimizer="adam")
-    assert not adam.optimizer.param_groups[0]["capturable"]
-    adam.resolve_cuda_graphs()
     assert adam.cuda_graphs and adam.optimizer.param_groups[0]["capturable"]
-    sgd = _digits_trainer(tmp_path / "sgd")
-    kept = sgd.optimizer
-    sgd.resolve_cuda_graphs()
-    assert sgd.optimizer is kept
+    assert isinstance(_digits_trainer(tmp_path / "sgd").optimizer, torch.optim.SGD)

@@ -162,9 +162,13 @@ def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_image():
     assert not torch.equal(out, images)
 
 
-def test_augment_needs_a_generator():
-    with pytest.raises(ValueError, match="needs a torch.Generator"):
-        preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 32, augment=True)
+def test_random_crop_flip_without_a_generator_draws_on_the_default_one():
+    """generator=None: the images' device's default generator (seeded by torch.manual_seed)."""
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(3)
+    first = random_crop_flip(images)
+    torch.manual_seed(3)
+    assert torch.equal(first, random_crop_flip(images))
 
 
 def test_fixture_writer_uses_real_format(tmp_path):

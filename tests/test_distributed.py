@@ -18,9 +18,11 @@ import torch
 import torch.multiprocessing as mp
 from conftest import tiny_config
 
-from hrsnet import rundir, runlock
-from hrsnet.distributed import DistContext, DistributedTrainer, check_shardable, launched_by_torchrun
-from hrsnet.train import load_run_data, training_step
+from hrsnet import rundir
+from hrsnet.engine.distributed import DistContext, DistributedTrainer, check_shardable, launched_by_torchrun
+from hrsnet.engine.step import BatchShare, StepSettings, gather, train_step
+from hrsnet.runs import lock as runlock
+from hrsnet.runs.lifecycle import check_run, load_run_data
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -69,6 +71,12 @@ def _ranks_agree(tensor) -> bool:
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
+def _plain_step(model, optimizer, images, labels, image_size):
+    """One training step on this exact batch (no processes, no rows)."""
+    index = torch.arange(len(labels))
+    train_step(model, optimizer, [BatchShare(images, labels, index)], StepSettings(image_size))
+
+
 def _steps(rank, root):
     """(a) and (b); returns the findings."""
     context = DistContext.start("cpu")
@@ -85,20 +93,21 @@ def _steps(rank, root):
         # halves against one process's gradient of the whole global batch.
         index = torch.arange(config.batch_size)
         trainer.model.eval()
-        images, labels = trainer.batch(data.train, index)
+        share = trainer.batch_share(index)
+        images, labels = gather(share, config.augment)
         findings["shard_rows"] = len(labels)
-        trainer.train_step(images, labels)
+        train_step(trainer.step_model, trainer.optimizer, [share], trainer.step_settings)
         ddp_grad = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
         findings["grad_equal"] = _ranks_agree(ddp_grad)
         if rank == 0:  # one process's gradient of the whole global batch
             plain.eval()
             reference = torch.optim.SGD(plain.parameters(), lr=0.0)
-            training_step(plain, reference, data.train.images[index], data.train.labels[index], config.image_size)
+            _plain_step(plain, reference, data.train.images[index], data.train.labels[index], config.image_size)
             plain_grad = torch.cat([p.grad.flatten() for p in plain.parameters()])
             findings["grad_scale"] = plain_grad.abs().max().item()
             findings["grad_error"] = (ddp_grad - plain_grad).abs().max().item() / findings["grad_scale"]
             # The control: the gradient of this rank's half alone is not the global one.
-            training_step(plain, reference, images, labels, config.image_size)
+            _plain_step(plain, reference, images, labels, config.image_size)
             half_grad = torch.cat([p.grad.flatten() for p in plain.parameters()])
             findings["half_error"] = (half_grad - plain_grad).abs().max().item() / findings["grad_scale"]
 
@@ -107,11 +116,12 @@ def _steps(rank, root):
         order = torch.randperm(len(data.train), generator=trainer.shuffle_generator)
         findings["equal_after_step"] = []
         for step in range(2):
-            images, labels = trainer.batch(data.train, order[step * config.batch_size : (step + 1) * config.batch_size])
-            trainer.train_step(images, labels)
+            share = trainer.batch_share(order[step * config.batch_size : (step + 1) * config.batch_size])
+            images, labels = gather(share, config.augment)
+            train_step(trainer.step_model, trainer.optimizer, [share], trainer.step_settings)
             findings["equal_after_step"].append(_ranks_agree(_flat_parameters(trainer.model)))
         # The control: a step of the unwrapped model (no gradient averaging) makes the ranks differ.
-        training_step(trainer.model, trainer.optimizer, images, labels, config.image_size)
+        _plain_step(trainer.model, trainer.optimizer, images, labels, config.image_size)
         findings["equal_without_ddp"] = _ranks_agree(_flat_parameters(trainer.model))
         return findings
     finally:
@@ -121,7 +131,7 @@ def _steps(rank, root):
 def _fail_in_epoch_2(rank, root):
     """(d), first part: a run of 2 epochs on 2 ranks; rank 1 fails as epoch 2 starts.
     Returns what fit() raised here and when it ended."""
-    from hrsnet.train import fit
+    from hrsnet.runs import fit
 
     real = DistributedTrainer.train_one_epoch
 
@@ -252,7 +262,7 @@ def test_torchrun_trains_one_run_and_only_rank_0_writes(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run_id"] == run_dir.name and config["resolved"]["processes"] == WORLD
     assert runlock.lock_state(run_dir) == "none"
-    assert rundir.check_run(run_dir).action == "skip: finished"
+    assert check_run(run_dir).action == "skip: finished"
     assert not list(run_dir.glob(".*.tmp"))
 
 

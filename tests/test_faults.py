@@ -18,12 +18,15 @@ import torch
 from conftest import script_validation_losses, tiny_config
 from fixture_runs import write_fixture_run
 
-import hrsnet.train as train_module
-from hrsnet import experiments, plots, rundir
+import hrsnet.engine.trainer as train_module
+from hrsnet import experiments, rundir
 from hrsnet.__main__ import main
+from hrsnet.analysis import figures as plots
 from hrsnet.data import DataNotFoundError
-from hrsnet.runlock import LOCK_FILE, RunLock, RunLockedError
-from hrsnet.train import fit
+from hrsnet.engine.checkpoint import CheckpointError
+from hrsnet.runs import fit, lifecycle, preflight
+from hrsnet.runs.lifecycle import check_run
+from hrsnet.runs.lock import LOCK_FILE, RunLock, RunLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +90,7 @@ def test_force_with_missing_data_keeps_the_finished_run(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise DataNotFoundError("simulated: the data went away")
 
-    monkeypatch.setattr(train_module, "load_dataset", no_data)
+    monkeypatch.setattr(lifecycle, "load_dataset", no_data)
     with pytest.raises(DataNotFoundError):
         fit(config, force=True)
     assert snapshot(config.run_dir()) == before
@@ -156,7 +159,7 @@ def test_a_garbage_status_file_is_named_and_repaired(tmp_path, capsys):
     fit(config)
     metrics = json.loads((config.run_dir() / rundir.TEST_METRICS_FILE).read_text())
     (config.run_dir() / rundir.STATUS_FILE).write_bytes(b"\xff\xfe\x00garbage")
-    check = rundir.check_run(config.run_dir())
+    check = check_run(config.run_dir())
     assert check.state == "unreadable" and str(config.run_dir() / "status") in check.problems[0]
     assert check.action == "resume after epoch 2"
     assert fit(config).status.state == "complete"  # resumed from last.pt: the test pass is redone
@@ -169,7 +172,7 @@ def test_a_finished_run_missing_its_metrics_is_repaired_from_the_checkpoint(tmp_
     (config.run_dir() / rundir.TEST_METRICS_FILE).unlink()
     history = config.run_dir() / rundir.HISTORY_FILE
     history.write_text("\n".join(history.read_text().splitlines()[:-1]) + "\n")  # one epoch short
-    check = rundir.check_run(config.run_dir())
+    check = check_run(config.run_dir())
     assert "complete but test_metrics.json is missing" in check.problems
     assert "history.csv has 1 epochs, the checkpoint 2" in check.problems
     repaired = fit(config)
@@ -181,7 +184,7 @@ def test_a_finished_run_without_a_checkpoint_cannot_resume(tmp_path):
     fit(config)
     (config.run_dir() / rundir.TEST_METRICS_FILE).unlink()
     (config.run_dir() / rundir.LAST_CHECKPOINT).unlink()
-    with pytest.raises(train_module.CheckpointError, match="cannot resume .* rerun with --force"):
+    with pytest.raises(CheckpointError, match="cannot resume .* rerun with --force"):
         fit(config)
     assert fit(config, force=True).status.state == "complete"
 
@@ -229,7 +232,7 @@ def test_figures_leave_out_unreadable_and_edited_runs_and_draw_the_rest(tmp_path
 
 
 def test_an_unwritable_results_folder_fails_before_any_data_is_loaded(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(lifecycle, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     argv = [
@@ -295,7 +298,7 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_
 def test_a_full_disk_mid_run_names_the_file_and_loses_no_epoch(tiny_filesystem, tmp_path, monkeypatch):
     """The preflight check bypassed: the checkpoint write fails; the message says why and the
     status claims no epoch that was not saved; the run then resumes on a disk with room."""
-    monkeypatch.setattr(train_module.preflight, "check_disk_space", lambda *args, **kwargs: None)
+    monkeypatch.setattr(preflight, "check_disk_space", lambda *args, **kwargs: None)
     config = small(tiny_filesystem)
     with pytest.raises(rundir.RunFileError, match=r"last\.pt.*no space left on device"):
         fit(config)

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from hrsnet import create_model, list_models
+from hrsnet.analysis.paper import RELEASED_PARAMETERS_C2
 from hrsnet.models import PRESETS, HRNetConfig, config_differences, model_config, summary
 from hrsnet.models.blocks import BasicBlock, Bottleneck, PreActBlock
-from hrsnet.paper import RELEASED_PARAMETERS_C2
 
 NAMES = ["hrnet_official", "hrnet", "hrsnet"]  # report order: each preset after its base
 

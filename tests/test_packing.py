@@ -8,20 +8,22 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from torch import nn
 
-import hrsnet.train as train_module
+import hrsnet.engine.trainer as train_module
 from hrsnet import rundir
-from hrsnet.models import create_model
-from hrsnet.packing import (
+from hrsnet.engine.checkpoint import load_checkpoint_file
+from hrsnet.engine.packing import (
     PackedSeeds,
     pack_models,
     pack_optimizer_state,
     pack_state,
-    packed_loss,
     unpack_into,
     unpack_optimizer_state,
     unpack_state,
 )
-from hrsnet.train import fit_seeds, open_run
+from hrsnet.engine.step import BatchShare, StepSettings, train_step
+from hrsnet.models import create_model
+from hrsnet.runs import fit_seeds
+from hrsnet.runs.lifecycle import check_run, open_run
 
 SEEDS = 3
 
@@ -55,23 +57,18 @@ def test_each_packed_step_equals_the_separate_networks_step(arch, optimizer):
     optimizers = [make(model.parameters()) for model in separate]
     torch.manual_seed(100)
     for step in range(2):
-        inputs = [torch.randn(8, 3, 32, 32) for _ in range(SEEDS)]
+        images = [torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8) for _ in range(SEEDS)]
         labels = [torch.randint(0, 10, (8,)) for _ in range(SEEDS)]
+        shares = [BatchShare(x, y, torch.arange(8)) for x, y in zip(images, labels)]
         packed = pack_models(separate)
         packed_optimizer = make(packed.parameters())
         pack_optimizer_state(optimizers, packed_optimizer)
         before = [[p.detach().clone() for p in model.parameters()] for model in separate]
-        total, packed_losses = packed_loss(packed(torch.cat(inputs, dim=1)), labels)
-        packed_optimizer.zero_grad()
-        total.backward()
-        packed_optimizer.step()
-        losses = []
-        for model, opt, x, y in zip(separate, optimizers, inputs, labels, strict=True):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        packed_losses, _, _ = train_step(packed, packed_optimizer, shares, StepSettings(32))  # the pack's step
+        losses = [
+            train_step(model, opt, [share], StepSettings(32))[0].item()
+            for model, opt, share in zip(separate, optimizers, shares, strict=True)
+        ]
         unpacked = [copy.deepcopy(model) for model in separate]  # structure only: overwritten
         unpack_into(packed, unpacked)
         unpacked_optimizers = [make(model.parameters()) for model in unpacked]
@@ -122,7 +119,7 @@ def test_packing_refuses_what_it_cannot_keep_apart():
     with pytest.raises(ValueError, match="cannot pack a LayerNorm"):
         pack_models([model, model])
     steps = [torch.tensor(1.0), torch.tensor(2.0)]
-    from hrsnet.packing import pack_tensors
+    from hrsnet.engine.packing import pack_tensors
 
     with pytest.raises(ValueError, match="values differ"):
         pack_tensors(steps, "step")
@@ -135,9 +132,7 @@ def _assert_same_runs(packed_runs, separate_runs):
     for a, b in zip(packed_runs, separate_runs, strict=True):
         assert a.history["epoch"].tolist() == b.history["epoch"].tolist(), a.seed
         assert (a.run_dir / rundir.SPLIT_FILE).read_text() == (b.run_dir / rundir.SPLIT_FILE).read_text()
-        shuffle = [
-            train_module.load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)["rng"]["shuffle"] for run in (a, b)
-        ]
+        shuffle = [load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)["rng"]["shuffle"] for run in (a, b)]
         assert torch.equal(*shuffle), a.seed
         assert a.history["train_loss"].iloc[0] == pytest.approx(b.history["train_loss"].iloc[0], rel=0.1)
 
@@ -190,9 +185,9 @@ def test_interrupted_packed_seeds_resume_like_separate_runs(tmp_path, monkeypatc
     _assert_same_runs(packed, separate)
     for run in packed:
         assert run.status.state == "complete" and run.config["resolved"]["packed_seeds"] == SEEDS
-        assert rundir.check_run(run.run_dir).action == "skip: finished"
+        assert check_run(run.run_dir).action == "skip: finished"
         # The checkpoint is one seed's model, loadable by an unpacked network.
-        state = train_module.load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)
+        state = load_checkpoint_file(run.run_dir / rundir.LAST_CHECKPOINT)
         create_model("hrnet", 2, 10).load_state_dict(state["model"])
     again = fit_seeds(configs, pack=True)  # finished: skipped, read back
     assert [run.history["train_loss"].tolist() for run in again] == [r.history["train_loss"].tolist() for r in packed]

@@ -8,15 +8,16 @@ import time
 import pytest
 import torch
 
-from hrsnet import preflight, rundir
+from hrsnet import rundir
 from hrsnet.models import create_model
-from hrsnet.preflight import (
+from hrsnet.rundir import describe_write_error
+from hrsnet.runs import preflight
+from hrsnet.runs.preflight import (
     PreflightError,
     check_disk_space,
     check_memory,
     check_writable,
     checkpoint_bytes,
-    describe_write_error,
     disk_bytes_needed,
     estimate_training_memory,
     saved_activation_bytes,

@@ -56,8 +56,8 @@ def _readme_section(name):
 
 def test_readme_architecture_table_comes_from_summary():
     """The README's parameter/FLOP table is what `python -m hrsnet summary --markdown` prints."""
-    from hrsnet.paper import architecture_table, claim_finding
-    from hrsnet.tables import markdown_table
+    from hrsnet.analysis.paper import architecture_table, claim_finding
+    from hrsnet.analysis.tables import markdown_table
 
     table = architecture_table(None, (2, 18, 30), 224, 100)
     assert _readme_section("architecture-table") == markdown_table(table) + "\n\n" + claim_finding(table, 100)

@@ -16,10 +16,12 @@ import pytest
 import torch
 from fixture_runs import write_fixture_run
 
-from hrsnet import experiments, plots, rundir, stats
+from hrsnet import experiments, rundir
 from hrsnet.__main__ import main
-from hrsnet.runlock import lock_state
-from hrsnet.train import fit
+from hrsnet.analysis import figures as plots
+from hrsnet.analysis import stats
+from hrsnet.runs import fit
+from hrsnet.runs.lock import lock_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_STEMS = [
@@ -354,7 +356,7 @@ def test_single_seed_results_still_render(tmp_path, monkeypatch):
 def test_report_page_opens_with_the_header_and_claims(tmp_path):
     """render_report puts the notebook with the header cell first, whatever the order given, and leaves
     out cells tagged report-omit."""
-    from hrsnet.report import render_report
+    from hrsnet.analysis.report import render_report
 
     def notebook(path, cells):
         nb = nbformat.v4.new_notebook()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hrsnet import runlock
-from hrsnet.runlock import LOCK_FILE, RunLock, RunLockedError, lock_holder, lock_state
+from hrsnet.runs import lock as runlock
+from hrsnet.runs.lock import LOCK_FILE, RunLock, RunLockedError, lock_holder, lock_state
 
 RUNLOCK_SOURCE = Path(runlock.__file__).resolve()
 

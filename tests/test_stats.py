@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from hrsnet import stats
+from hrsnet.analysis import stats
 from hrsnet.rundir import RunStatus
 
 NETWORKS = ("hrnet_official", "hrnet", "hrsnet")

@@ -14,11 +14,14 @@ import pytest
 import torch
 from conftest import script_validation_losses, tiny_config
 
-import hrsnet.train as train_module
+import hrsnet.engine.trainer as train_module
 from hrsnet import rundir
 from hrsnet.__main__ import main
+from hrsnet.config import TrainConfig
 from hrsnet.data import load_dataset
-from hrsnet.train import CheckpointError, EarlyStopping, TrainConfig, fit
+from hrsnet.engine.checkpoint import CheckpointError
+from hrsnet.engine.trainer import EarlyStopping
+from hrsnet.runs import fit, lifecycle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +70,7 @@ def test_adam_is_the_reports_text():
     ],
 )
 def test_config_validation_fails_before_any_data(overrides, match, monkeypatch):
-    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(lifecycle, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=match):
         TrainConfig(**overrides)
 

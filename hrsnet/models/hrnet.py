@@ -206,7 +206,7 @@ class HighResolutionNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    input_channels = 3  # hrsnet.packing sets 3 x seeds on a packed copy
+    input_channels = 3  # hrsnet.engine.packing sets 3 x seeds on a packed copy
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is a 4-D float tensor (N, 3, H, W) with H, W >= 32."""

@@ -28,34 +28,29 @@ PyTorch's DistributedDataParallel. Without those variables nothing here is used.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
 import os
 import pickle
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from . import preflight, rundir
-from .config import TrainConfig
-from .data import DatasetSplits, Split, random_crop_flip
-from .runlock import RunLock
-from .runtime import check_device_name, configure_determinism
-from .train import Trainer, finish_run, load_run_data, open_run, train_guarded
+from ..config import TrainConfig
+from ..data import DatasetSplits
+from ..runtime import check_device_name
+from .trainer import Trainer
 
 __all__ = [
     "DistContext",
     "DistributedTrainer",
     "PeerFailedError",
     "check_shardable",
-    "fit_distributed",
+    "state_from_bytes",
+    "state_to_bytes",
     "launched_by_torchrun",
 ]
 
@@ -188,29 +183,32 @@ def _portable(error: Exception) -> Exception:
     return PeerFailedError(f"rank 0 failed: {type(error).__name__}: {first_line}")
 
 
-def _state_bytes(state: dict[str, Any]) -> bytes:
+def state_to_bytes(state: dict[str, Any]) -> bytes:
+    """A Trainer's checkpoint_state as bytes, for a broadcast to the other processes."""
     stream = io.BytesIO()
     torch.save(state, stream)
     return stream.getvalue()
 
 
-def _read_state(payload: bytes) -> dict[str, Any]:
+def state_from_bytes(payload: bytes) -> dict[str, Any]:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 class DistributedTrainer(Trainer):
     """A Trainer that is one of ``context.world_size`` processes training one run.
 
-    Every process trains its slice of each global batch through DistributedDataParallel
-    (``attach()``, once every process holds the start state); rank 0 alone validates,
-    checkpoints, writes the run directory and tests, and hands the resulting status to
-    the others.
+    Every process trains its rows of each global batch through DistributedDataParallel
+    (``attach()``, once every process holds the start state); the whole global batch is
+    gathered and augmented by every process alike (the generators advance as with one
+    process), then sliced. Rank 0 alone validates, checkpoints, writes the run directory and
+    tests, and hands the resulting status to the others.
     """
 
-    def __init__(self, config: TrainConfig, data: DatasetSplits, device, run_dir=None, *, context: DistContext):
-        super().__init__(config, data, device, run_dir)
+    def __init__(
+        self, config: TrainConfig, data: DatasetSplits, device, run_dir=None, *, context: DistContext, **shape
+    ):
+        super().__init__(config, data, device, run_dir, world_size=context.world_size, **shape)
         self.context = context
-        self.world_size = context.world_size
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
 
     def attach(self) -> None:
@@ -226,28 +224,15 @@ class DistributedTrainer(Trainer):
         self.step_model = self.ddp if config.compile == "none" else torch.compile(self.ddp, mode=config.compile)
 
     def rows(self, size: int) -> slice:
-        """This process's contiguous slice of a global batch of ``size`` (a multiple of K)."""
+        """This process's contiguous rows of a global batch of ``size`` (a multiple of K)."""
         share = size // self.world_size
         return slice(self.context.rank * share, (self.context.rank + 1) * share)
 
-    augments_in_batch = True  # the whole global batch is augmented in batch(), then sliced
-
-    def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Augmentation is drawn for the whole global batch (the generator advances as with
-        # one process), then sliced: cropping and flipping uint8 images before the float
-        # conversion gives the same values as preprocess(augment=True).
-        rows = self.rows(len(index))
-        if self.config.augment:
-            images = random_crop_flip(split.images[index], self.shuffle_generator)[rows]
-        else:
-            images = split.images[index[rows]]
-        return images, split.labels[index[rows]]
-
-    def epoch_totals(self, loss_sum, correct, seen):
-        totals = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen, dtype=torch.float64)])
+    @staticmethod
+    def reduce(totals: torch.Tensor) -> torch.Tensor:
+        """The epoch's sums over every process (EpochMeter's ``reduce``)."""
         dist.all_reduce(totals)
-        total_loss, total_correct, total_seen = totals.tolist()
-        return total_loss, total_correct, round(total_seen)
+        return totals
 
     def finish_epoch(self, epoch: int, train_row: dict[str, float]) -> None:
         parent = super().finish_epoch
@@ -256,53 +241,3 @@ class DistributedTrainer(Trainer):
     def finish(self) -> None:
         self.context.on_main(super().finish)
         self.finished = True
-
-
-def fit_distributed(config: TrainConfig, force: bool = False) -> rundir.Run:
-    """``fit(config, force)`` as one of the processes torchrun started; every process returns
-    the run directory as rank 0 read it back."""
-    context = DistContext.start(config.device)
-    try:
-        return _fit(context, config, force)
-    finally:
-        context.close()
-
-
-def _fit(context: DistContext, config: TrainConfig, force: bool) -> rundir.Run:
-    if not context.is_main:
-        config = dataclasses.replace(config, quiet=True)
-    device = context.device
-    configure_determinism(config.deterministic, device)
-    data = load_run_data(config, device)
-    check_shardable(config.batch_size, len(data.train), context.world_size)  # the same answer on every rank
-    make_trainer = functools.partial(DistributedTrainer, context=context)
-    with ExitStack() as held:
-
-        def open_on_main():
-            preflight.check_writable(config.results_dir)
-            held.enter_context(RunLock(config.run_dir()))
-            return open_run(config, device, force, data=data, make_trainer=make_trainer)
-
-        opened = None
-
-        def share_opened(result):
-            nonlocal opened
-            opened = result
-            if isinstance(result, rundir.Run):
-                return "skip", result
-            return "train", _state_bytes(result.checkpoint_state())
-
-        kind, payload = context.on_main(open_on_main, share_opened)
-        if kind == "skip":
-            return payload
-        if context.is_main:
-            trainer = opened
-        else:
-            trainer = make_trainer(config, data, device, Path(config.run_dir()))
-            trainer.load_state(_read_state(payload), "rank 0's start state")
-        if context.is_main:  # a failure is recorded in the run's status, as fit() does
-            train_guarded([trainer], lambda: (trainer.attach(), trainer.run()))
-        else:
-            trainer.attach()
-            trainer.run()
-        return context.on_main(lambda: finish_run(trainer), lambda run: run)

@@ -20,23 +20,23 @@ What a graph needs (``graphs_unavailable_reason`` says which is missing):
   PyTorch's capture health check);
 - no torch.compile on the same model (compile's "reduce-overhead" mode has its own graphs).
 
-Used by hrsnet.train when ``--cuda-graphs`` resolves to on (``resolve_cuda_graphs``), by
+Used by hrsnet.engine.trainer when ``--cuda-graphs`` resolves to on (``resolve_cuda_graphs``), by
 the benchmark (variant "graphs"), and checked against eager steps by ``python -m hrsnet
-gpucheck``. The step body, ``graph_step_body``, is plain PyTorch and runs on any device, and
-``GraphedTrainStep(capture=False)`` runs the same steps without a graph, so the training
-loop around it is tested on a CPU too.
+gpucheck``. The captured body is hrsnet.engine.step.train_step, plain PyTorch that runs on any
+device, and ``GraphedTrainStep(capture=False)`` runs the same steps without a graph, so the
+training loop around it is tested on a CPU too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .data import preprocess
-from .runtime import optimization_step
+from .step import BatchShare, StepSettings, train_step
 
 WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
 
@@ -47,55 +47,6 @@ GRAPHS_WIN_MEASURED = False
 
 class GraphsUnavailableError(RuntimeError):
     """Whole-step CUDA graphs cannot be used here; the message says why."""
-
-
-def device_crop_flip(images: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
-    """Per-image random crop (zero padding) and horizontal flip, its random numbers drawn on the
-    images' device (``generator``: a generator of that device, or None for its default one).
-
-    The same transform as hrsnet.data.random_crop_flip, which draws on the CPU (so a run's RNG
-    state resumes exactly) and could not be captured: a graph would replay the first draw.
-    Works on uint8 images: padding with 0 then converting to float equals converting first.
-    """
-    batch, channels, height, width = images.shape
-    device = images.device
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=device)
-    flips = torch.rand(batch, generator=generator, device=device) < 0.5
-    padded = F.pad(images, (padding, padding, padding, padding))
-    rows = (offsets[0, :, None] + torch.arange(height, device=device))[:, None, :, None]
-    cols = (offsets[1, :, None] + torch.arange(width, device=device))[:, None, None, :]
-    batch_index = torch.arange(batch, device=device)[:, None, None, None]
-    channel_index = torch.arange(channels, device=device)[None, :, None, None]
-    cropped = padded[batch_index, channel_index, rows, cols]
-    return torch.where(flips[:, None, None, None], cropped.flip(-1), cropped)
-
-
-def graph_step_body(
-    forward: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    source_images: torch.Tensor,
-    source_labels: torch.Tensor,
-    index: torch.Tensor,
-    image_size: int,
-    precision: str = "fp32",
-    memory_format: torch.memory_format = torch.contiguous_format,
-    augment: bool = False,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training step, as hrsnet.train.training_step, from batch indices: gather, (augment),
-    preprocess, forward (bf16 autocast if asked), float32 cross-entropy, backward, optimizer
-    step. Returns (loss, logits, labels). No host synchronisation, so it can be captured.
-
-    Autocast's weight-cast cache is off: a cache filled during capture would hold tensors
-    of the capture, and each cast happens once per step here anyway.
-    """
-    images = source_images.index_select(0, index)
-    labels = source_labels.index_select(0, index)
-    if augment:
-        images = device_crop_flip(images, generator)
-    inputs = preprocess(images, image_size, memory_format=memory_format)
-    loss, logits = optimization_step(forward, optimizer, inputs, labels, precision, cache_enabled=False)
-    return loss, logits, labels
 
 
 def optimizer_unavailable_reason(optimizer: torch.optim.Optimizer) -> str | None:
@@ -151,6 +102,7 @@ def resolve_cuda_graphs(
     train_size: int,
     packed_seeds: int = 1,
     processes: int = 1,
+    augment: bool = False,
 ) -> tuple[bool, str]:
     """(use graphs, why) for a training run: ``switch`` is TrainConfig.cuda_graphs.
 
@@ -164,6 +116,8 @@ def resolve_cuda_graphs(
     reason = graphs_unavailable_reason(device, compile_mode=compile_mode)
     if reason is None and packed_seeds > 1:
         reason = f"{packed_seeds} seeds are packed into one network; the packed step runs eagerly"
+    if reason is None and augment and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        reason = f"augmentation draws on the run's own CUDA generator, which torch {torch.__version__} cannot replay"
     if reason is None and processes > 1:
         reason = f"{processes} processes train the run (DDP); its all-reduce is not captured here"
     if reason is None and train_size // batch_size <= WARMUP_STEPS:
@@ -190,126 +144,105 @@ def graphs_available(*args, **kwargs) -> bool:
 class GraphedTrainStep:
     """The fixed-shape training step of one model and optimizer, captured once, replayed per step.
 
-    ``source_images`` (uint8, N x 3 x h x w) and ``source_labels`` (int64) stay on the GPU;
-    ``step(index)`` takes a device tensor of ``batch_size`` indices into them and returns
-    (loss, logits): static tensors that the next ``step`` overwrites, so read or accumulate
-    them (on the device; no sync needed) before the next call.
+    ``share`` (hrsnet.engine.step.BatchShare) names the uint8 images and labels that stay on the
+    GPU and the augmentation generator (its index sets the batch size); ``step(index)`` takes a
+    device tensor of that many indices into them and returns train_step's (losses, logits,
+    labels): static tensors that the next ``step`` overwrites, so read or accumulate them (on
+    the device; no sync needed) before the next call.
 
     Construction runs ``warmup_steps`` eager steps on a side stream (they train the model:
     they use the first ``warmup_steps`` batches of ``warmup_indices``, or indices 0.. if none
-    are given; their (loss, logits, labels) are kept in ``warmup_outputs``) and captures the
-    step; ``capture_seconds`` is the wall time both took. ``capture=False`` runs the same
-    warm-up and then every step eagerly, on any device: the graph's twin, for tests and checks.
-    The model's parameters, buffers and the optimizer's state keep their storage from then on:
-    load new values into them in place (``copy_``, ``load_state_dict`` on the model), never
-    by replacing tensors, or the graph keeps updating the old ones.
+    are given; their outputs are kept in ``warmup_outputs``) and captures the step;
+    ``capture_seconds`` is the wall time both took. ``capture=False`` runs the same warm-up and
+    then every step eagerly, on any device: the graph's twin, for tests and checks. The model's
+    parameters, buffers and the optimizer's state keep their storage from then on: load new
+    values into them in place (``copy_``, ``load_state_dict`` on the model), never by replacing
+    tensors, or the graph keeps updating the old ones.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        forward: nn.Module,
         optimizer: torch.optim.Optimizer,
-        source_images: torch.Tensor,
-        source_labels: torch.Tensor,
-        batch_size: int,
-        image_size: int,
-        precision: str = "fp32",
-        memory_format: torch.memory_format = torch.contiguous_format,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
+        share: BatchShare,
+        settings: StepSettings,
         warmup_steps: int = WARMUP_STEPS,
         warmup_indices: Iterable[torch.Tensor] | None = None,
-        forward: nn.Module | None = None,
         capture: bool = True,
     ):
-        import time
-
-        device = source_images.device
+        device = share.images.device
         reason = graphs_unavailable_reason(device, optimizer) if capture else None
         if reason is not None:
             raise GraphsUnavailableError(reason)
-        if source_labels.device != device:
-            raise GraphsUnavailableError(f"images are on {device} but labels on {source_labels.device}")
-        if generator is not None and generator.device.type != "cuda":
+        if share.labels.device != device:
+            raise GraphsUnavailableError(f"images are on {device} but labels on {share.labels.device}")
+        generator = share.generator
+        if capture and settings.augment and generator is not None and generator.device.type != "cuda":
             raise GraphsUnavailableError("augmentation inside a graph needs a CUDA generator (or None: the default)")
-        self.model, self.optimizer = model, optimizer
-        self.forward = forward if forward is not None else model
-        self.source_images, self.source_labels = source_images, source_labels
-        self.batch_size, self.image_size = batch_size, image_size
-        self.precision, self.memory_format = precision, memory_format
-        self.augment, self.generator = augment, generator
-        self.static_index = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.warmup_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.warmup_steps = warmup_steps
+        self.forward, self.optimizer, self.settings = forward, optimizer, settings
+        self.batch_size = len(share.index)
+        self.static_index = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        self.share = dataclasses.replace(share, index=self.static_index)
+        self.warmup_outputs: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
         self.graph = torch.cuda.CUDAGraph() if capture else None
-        model.train()
+        forward.train()
+        warmup = self._warmup_indices(warmup_indices, warmup_steps)
+        begin = time.perf_counter()
         if not capture:
-            begin = time.perf_counter()
-            for index in self._warmup_indices(warmup_indices, warmup_steps):
+            for index in warmup:
                 self.static_index.copy_(index)
                 self.warmup_outputs.append(self._detached(self._body()))
             self.capture_seconds = time.perf_counter() - begin
             return
-        if generator is not None and generator is not torch.cuda.default_generators[device.index or 0]:
+        if (
+            settings.augment
+            and generator is not None
+            and generator is not torch.cuda.default_generators[device.index or 0]
+        ):
             if not hasattr(self.graph, "register_generator_state"):
                 raise GraphsUnavailableError(
                     f"torch {torch.__version__} cannot register a custom generator with a graph; pass None"
                 )
             self.graph.register_generator_state(generator)
-        begin = time.perf_counter()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for index in self._warmup_indices(warmup_indices, warmup_steps):
+            for index in warmup:
                 self.static_index.copy_(index)
                 self.warmup_outputs.append(self._detached(self._body()))
         torch.cuda.current_stream(device).wait_stream(side)
         # Gradients from the graph's private memory pool, as the recipe does.
         optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
-            self.static_loss, self.static_logits, self.static_labels = self._body()
+            self.static_outputs = self._body()
         torch.cuda.synchronize(device)  # also: the warm-up outputs, made on the side stream, are ready
         self.capture_seconds = time.perf_counter() - begin
 
     def _warmup_indices(self, given: Iterable[torch.Tensor] | None, steps: int) -> list[torch.Tensor]:
         """The warm-up batches: the first ``steps`` of ``given``, then indices 0, 1, ... (wrapping)."""
         batches = list(given or [])[:steps]
-        total, size = len(self.source_labels), self.batch_size
+        total, size = len(self.share.labels), self.batch_size
         for step in range(len(batches), steps):
             batches.append(torch.arange(step * size, (step + 1) * size, device=self.static_index.device) % total)
         return batches
 
     @staticmethod
-    def _detached(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        loss, logits, labels = outputs
-        return loss.detach(), logits.detach(), labels
+    def _detached(outputs):
+        losses, logits, labels = outputs
+        return losses.detach(), logits.detach(), labels
 
-    def _body(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return graph_step_body(
-            self.forward,
-            self.optimizer,
-            self.source_images,
-            self.source_labels,
-            self.static_index,
-            self.image_size,
-            self.precision,
-            self.memory_format,
-            self.augment,
-            self.generator,
-        )
+    def _body(self):
+        # Autocast's weight-cast cache is off: a cache filled during capture would hold tensors
+        # of the capture, and each cast happens once per step here anyway.
+        return train_step(self.forward, self.optimizer, [self.share], self.settings, cache_enabled=False)
 
-    def step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Replay the step on the batch ``index`` (a device tensor of batch_size indices)."""
         if index.shape != self.static_index.shape:
             raise ValueError(f"a captured step takes exactly {self.batch_size} indices; got shape {tuple(index.shape)}")
         self.static_index.copy_(index, non_blocking=True)
         if self.graph is None:  # capture=False: the same step, eagerly
-            self.static_loss, self.static_logits, self.static_labels = self._detached(self._body())
+            self.static_outputs = self._detached(self._body())
         else:
             self.graph.replay()
-        return self.static_loss, self.static_logits
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """The labels of the last replayed batch (static, like loss and logits)."""
-        return self.static_labels
+        return self.static_outputs

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import math
 import os
 import tempfile
@@ -40,8 +41,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data import load_dataset
+from ..engine.cudagraphs import GraphedTrainStep
+from ..engine.step import BatchShare, StepSettings, train_step
+from ..engine.trainer import Trainer
+from ..models import list_models
+from ..runs import fit
+from ..runs.preflight import estimate_training_memory
+from ..runtime import configure_determinism, make_optimizer, memory_format, resolve_device
+from .bench import Setting, build_model, default_variant, device_name, device_slug, make_train_step
 
 NEEDS_CUDA = "skipped: needs CUDA"
 CHECKS = ("fast_paths", "graph_vs_eager", "fit_graphs", "no_host_sync", "checkpoint", "deterministic", "memory")
@@ -186,11 +199,13 @@ def _source(device: torch.device, count: int):
     return images, labels
 
 
-def _model_and_optimizer(sizes: Sizes, device, channels_last: bool, kernel: str):
-    from .bench import build_model
-    from .config import TrainConfig
-    from .runtime import make_optimizer, memory_format
+def _step(forward, optimizer, images, labels, index, settings: StepSettings) -> torch.Tensor:
+    """One training step (hrsnet.engine.step.train_step) on ``index`` of images/labels; its loss."""
+    losses, _, _ = train_step(forward, optimizer, [BatchShare(images, labels, index)], settings)
+    return losses[0]
 
+
+def _model_and_optimizer(sizes: Sizes, device, channels_last: bool, kernel: str):
     torch.manual_seed(0)
     model = build_model(sizes.arch, sizes.width).to(device=device, memory_format=memory_format(channels_last)).train()
     protocol = TrainConfig()
@@ -202,10 +217,6 @@ def _model_and_optimizer(sizes: Sizes, device, channels_last: bool, kernel: str)
 
 def check_fast_paths(report: Report, sizes: Sizes, device: torch.device, compile_check: bool) -> None:
     """Each fast path vs the plain fp32 step, from the same state and batch, step by step."""
-    from .cudagraphs import GraphedTrainStep
-    from .runtime import memory_format
-    from .train import training_step
-
     cuda = device.type == "cuda"
     fused = "fused"
     variants = [  # name, precision, channels_last, kernel, mode ("eager", "graphs", "compile"), cuda only
@@ -228,14 +239,13 @@ def check_fast_paths(report: Report, sizes: Sizes, device: torch.device, compile
             try:
                 plain, plain_optimizer = _model_and_optimizer(sizes, device, False, "for-loop")
                 model, optimizer = _model_and_optimizer(sizes, device, channels_last, kernel)
-                layout = memory_format(channels_last)
+                settings = StepSettings(sizes.image_size, precision, memory_format(channels_last))
                 graphed = None
                 forward = model
                 begin = time.perf_counter()
                 if mode == "graphs":
-                    graphed = GraphedTrainStep(
-                        model, optimizer, images, labels, sizes.batch_size, sizes.image_size, precision, layout
-                    )
+                    first = torch.arange(sizes.batch_size, device=device)
+                    graphed = GraphedTrainStep(model, optimizer, BatchShare(images, labels, first), settings)
                     report.add("fast_paths", name, "-", "capture_seconds", graphed.capture_seconds)
                 elif mode == "compile":
                     forward = torch.compile(model)
@@ -243,15 +253,11 @@ def check_fast_paths(report: Report, sizes: Sizes, device: torch.device, compile
                     copy_training_state(plain, plain_optimizer, model, optimizer)
                     before = _flat(plain)
                     index = torch.arange(step * sizes.batch_size, (step + 1) * sizes.batch_size, device=device)
-                    plain_loss, _ = training_step(
-                        plain, plain_optimizer, images[index], labels[index], sizes.image_size
-                    )
+                    plain_loss = _step(plain, plain_optimizer, images, labels, index, StepSettings(sizes.image_size))
                     if graphed is not None:
-                        loss, _ = graphed.step(index)
+                        loss = graphed.step(index)[0][0]
                     else:
-                        loss, _ = training_step(
-                            forward, optimizer, images[index], labels[index], sizes.image_size, precision, layout
-                        )
+                        loss = _step(forward, optimizer, images, labels, index, settings)
                     if mode == "compile" and step == 0:
                         report.add("fast_paths", name, step, "first_step_seconds", time.perf_counter() - begin)
                     relative = abs(loss.item() - plain_loss.item()) / abs(plain_loss.item())
@@ -285,25 +291,21 @@ def check_graph_vs_eager(report: Report, sizes: Sizes, device: torch.device, ste
         for case in ("fp32", "bf16"):
             report.skip("graph_vs_eager", case)
         return
-    from .cudagraphs import GraphedTrainStep, graph_step_body
-
     images, labels = _source(device, sizes.batch_size * steps)
     for precision, limit in (("fp32", FP32_LOSS), ("bf16", BF16_LOSS)):
         try:
             with exact_fp32(), deterministic_cudnn():
                 eager, eager_optimizer = _model_and_optimizer(sizes, device, True, "fused")
                 model, optimizer = _model_and_optimizer(sizes, device, True, "fused")
-                graphed = GraphedTrainStep(
-                    model, optimizer, images, labels, sizes.batch_size, sizes.image_size, precision, torch.channels_last
-                )
+                settings = StepSettings(sizes.image_size, precision, torch.channels_last)
+                first = torch.arange(sizes.batch_size, device=device)
+                graphed = GraphedTrainStep(model, optimizer, BatchShare(images, labels, first), settings)
                 copy_training_state(eager, eager_optimizer, model, optimizer)  # back to the common start
                 identical = True
                 for step in range(steps):
                     index = torch.arange(step * sizes.batch_size, (step + 1) * sizes.batch_size, device=device)
-                    eager_loss, _, _ = graph_step_body(
-                        eager, eager_optimizer, images, labels, index, sizes.image_size, precision, torch.channels_last
-                    )
-                    loss, _ = graphed.step(index)
+                    eager_loss = _step(eager, eager_optimizer, images, labels, index, settings)
+                    loss = graphed.step(index)[0][0]
                     relative = abs(loss.item() - eager_loss.item()) / abs(eager_loss.item())
                     identical = identical and loss.item() == eager_loss.item()
                     report.judged(
@@ -328,12 +330,6 @@ def check_fit_graphs(report: Report, sizes: Sizes, device: torch.device, workdir
     if device.type != "cuda":
         report.skip("fit_graphs", case)
         return
-    import json
-
-    import pandas as pd
-
-    from .train import fit
-
     try:
         histories, resolved = {}, {}
         with exact_fp32():
@@ -372,10 +368,8 @@ def check_no_host_sync(report: Report, sizes: Sizes, device: torch.device) -> No
         report.skip("no_host_sync", "eager training step")
         report.skip("no_host_sync", "graph replay")
         return
-    from .cudagraphs import GraphedTrainStep
-    from .train import training_step
-
     images, labels = _source(device, sizes.batch_size * 4)
+    settings = StepSettings(sizes.image_size, "bf16", torch.channels_last)
     order = torch.randperm(len(labels), device=device)
 
     def guarded(case: str, step: Callable[[], Any]) -> None:
@@ -398,39 +392,27 @@ def check_no_host_sync(report: Report, sizes: Sizes, device: torch.device) -> No
     def eager_step() -> None:  # as Trainer.train_one_epoch takes a step
         nonlocal loss_sum
         index = order[: sizes.batch_size]
-        loss, logits = training_step(
-            model, optimizer, images[index], labels[index], sizes.image_size, "bf16", torch.channels_last
-        )
+        loss = _step(model, optimizer, images, labels, index, settings)
         loss_sum += loss.detach() * len(index)
 
     guarded("eager training step", eager_step)
     try:
         graph_model, graph_optimizer = _model_and_optimizer(sizes, device, True, "fused")
-        graphed = GraphedTrainStep(
-            graph_model,
-            graph_optimizer,
-            images,
-            labels,
-            sizes.batch_size,
-            sizes.image_size,
-            "bf16",
-            torch.channels_last,
-        )
+        first = order[: sizes.batch_size]
+        graphed = GraphedTrainStep(graph_model, graph_optimizer, BatchShare(images, labels, first), settings)
     except Exception as error:
         report.fail("no_host_sync", "graph replay", error)
         return
 
     def replay() -> None:
         nonlocal loss_sum
-        loss, _ = graphed.step(order[sizes.batch_size : 2 * sizes.batch_size])
-        loss_sum += loss.detach() * sizes.batch_size
+        losses, _, _ = graphed.step(order[sizes.batch_size : 2 * sizes.batch_size])
+        loss_sum += losses[0] * sizes.batch_size
 
     guarded("graph replay", replay)
 
 
 def _tiny_config(results_dir: Path, sizes: Sizes, device: str, **overrides):
-    from .config import TrainConfig
-
     settings = dict(
         arch=sizes.arch,
         width=2,
@@ -452,9 +434,6 @@ def _tiny_config(results_dir: Path, sizes: Sizes, device: str, **overrides):
 
 def check_checkpoint(report: Report, sizes: Sizes, device: torch.device, workdir: Path) -> None:
     """A CPU checkpoint resumes on the GPU (channels_last, fused) to the same next step, and back."""
-    from .data import load_dataset
-    from .train import Trainer
-
     cpu = torch.device("cpu")
     there = device if device.type == "cuda" else cpu
     label = "cuda" if device.type == "cuda" else "cpu (channels_last, fused)"
@@ -470,12 +449,12 @@ def check_checkpoint(report: Report, sizes: Sizes, device: torch.device, workdir
 
     def batch_of(step: int, on: torch.device):
         part = slice(step * batch, (step + 1) * batch)
-        return images[part].to(on), labels[part].to(on)
+        return images[part].to(on), labels[part].to(on), torch.arange(batch, device=on)
 
     def compare(case: str, a: Trainer, b: Trainer, step: int) -> None:
         before = _flat(a.model)
-        loss_a, _ = a.train_step(*batch_of(step, a.device))
-        loss_b, _ = b.train_step(*batch_of(step, b.device))
+        loss_a = _step(a.step_model, a.optimizer, *batch_of(step, a.device), a.step_settings)
+        loss_b = _step(b.step_model, b.optimizer, *batch_of(step, b.device), b.step_settings)
         relative = abs(loss_a.item() - loss_b.item()) / abs(loss_a.item())
         cosine = _cosine(_flat(a.model) - before, _flat(b.model) - before)
         report.judged("checkpoint", case, step, "loss_rel_diff", relative, relative <= FP32_LOSS, f"<= {FP32_LOSS}")
@@ -485,7 +464,7 @@ def check_checkpoint(report: Report, sizes: Sizes, device: torch.device, workdir
         with exact_fp32():
             source = trainer(base, cpu, workdir / "cpu")
             for step in range(2):
-                source.train_step(*batch_of(step, cpu))
+                _step(source.step_model, source.optimizer, *batch_of(step, cpu), source.step_settings)
             path = workdir / "from_cpu.pt"
             torch.save(source.checkpoint_state(), path)
             resumed = trainer(moved, there, workdir / "there")
@@ -502,11 +481,6 @@ def check_checkpoint(report: Report, sizes: Sizes, device: torch.device, workdir
 
 def check_deterministic(report: Report, sizes: Sizes, device: torch.device, workdir: Path) -> None:
     """Two fit() runs with deterministic=True: identical losses and accuracies, epoch by epoch."""
-    import pandas as pd
-
-    from .runtime import configure_determinism
-    from .train import fit
-
     case = f"fit twice, {sizes.fit_dataset} {sizes.fit_image_size}px, {device.type}"
     try:
         histories = []
@@ -531,15 +505,11 @@ def check_memory(
     report: Report, device: torch.device, archs: list[str], widths: list[int], batches: list[int], image_size: int
 ) -> None:
     """Peak GPU memory of a default training step per network, width and batch, beside the estimate."""
-    from .bench import default_variant, make_train_step
-    from .preflight import estimate_training_memory
-
     if device.type != "cuda":
         for arch in archs:
             for batch in batches:
                 report.skip("memory", f"{arch} batch {batch}")
         return
-    from .bench import Setting, build_model
 
     variant = default_variant(device)
     for arch in archs:
@@ -590,10 +560,6 @@ def add_gpucheck_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_gpucheck(args: argparse.Namespace) -> int:
     """Run the checks; print the summary table; write gpucheck.csv. 0 if nothing failed, else 1."""
-    from .bench import device_name, device_slug
-    from .models import list_models
-    from .runtime import resolve_device
-
     device = resolve_device(args.device)
     if device.type != "cuda" and not args.dry_run:
         raise ValueError(

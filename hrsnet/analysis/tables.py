@@ -5,6 +5,11 @@ from __future__ import annotations
 import pandas as pd
 
 
+def seeds_text(n: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
     """A GitHub-flavoured Markdown table; numbers right-aligned, NaN as an empty cell."""
 

@@ -1,6 +1,6 @@
 """Seeds and statistics: every claim of the report decided by a 95% Student-t interval over seeds.
 
-A run record is duck-typed (``hrsnet.plots.Run`` fits once it carries ``seed``): ``arch``, ``width``,
+A run record is duck-typed (``hrsnet.rundir.Run`` fits once it carries ``seed``): ``arch``, ``width``,
 ``seed``, ``status.state``, ``history`` (a DataFrame with ``rundir.HISTORY_COLUMNS``, NaN allowed) and
 ``test_metrics`` (``{"last": {...} | None, "best": {...} | None}`` or None).
 
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import rundir
-from .models import list_models
+from .. import rundir
+from ..models import list_models
 from .paper import CLAIMED_MILLIONS, parameter_table
-from .tables import markdown_table
+from .tables import markdown_table, seeds_text
 
 CONFIDENCE = 0.95
 NETWORK_ORDER = tuple(list_models())
@@ -113,17 +113,13 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval
     return Interval(int(x.size), mean, sd, float(low), float(high))
 
 
-def _seeds_text(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
 def verdict(supported: bool, contradicted: bool, n: int | None) -> str:
     """One claim's verdict. ``n``: seeds behind the interval, None for a deterministic count.
     Fewer than 2 seeds decide nothing (no interval); otherwise the interval decides or leaves it open."""
     if supported and contradicted:
         raise ValueError("a claim cannot be both supported and contradicted")
     if n is not None and (n < 2 or not (supported or contradicted)):
-        return f"not decided ({_seeds_text(n)})"
+        return f"not decided ({seeds_text(n)})"
     if supported:
         return "supported"
     return "contradicted" if contradicted else "not decided"
@@ -516,7 +512,7 @@ def _claim_overfitting(runs: list[Any], finished: pd.DataFrame) -> dict[str, Any
     statistic = statistic.replace("the largest C", f"the largest C (C={width}, {', '.join(networks)})")
     train_text = (
         f"training-loss slope {format_estimate(train_ci.mean, train_ci.low, train_ci.high, unit, True)} "
-        f"over {_seeds_text(train_ci.n)}"
+        f"over {seeds_text(train_ci.n)}"
         if train_ci.n
         else "no training-loss slope"
     )

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import Split, preprocess
-from .runtime import autocast_context
+from ..data import Split, preprocess
+from ..runtime import autocast_context
 
 
 @dataclass

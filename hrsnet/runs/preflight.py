@@ -3,12 +3,11 @@
 Each check raises PreflightError (a ValueError) with one line that names what was wrong and
 what would work, so a bad ``--device``, an unwritable ``--results-dir`` or a network that
 cannot fit fails in a second instead of after the dataset is loaded or mid-epoch.
-describe_write_error() turns a failed checkpoint write into such a line.
+hrsnet.rundir.describe_write_error turns a failed checkpoint write into such a line.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -16,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..models import create_model
+from ..rundir import existing_ancestor, format_bytes
 
 OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2}  # SGD: momentum buffer; Adam: exp_avg and exp_avg_sq
 PRECISION_BYTES = {"fp32": 4, "bf16": 2}  # activations; "auto" must be resolved first (hrsnet.runtime)
@@ -26,20 +28,6 @@ SHORT_CIRCUIT_BYTES = 2**50
 
 class PreflightError(ValueError):
     """A run that cannot work as asked; the message is one line (the CLI prints it, exits 2)."""
-
-
-def format_bytes(count: int | float) -> str:
-    """1234567 -> '1.2 MB', 40_000_000 -> '40 MB' (decimal units)."""
-    value = float(count)
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if value < 1000 or unit == "PB":
-            break
-        value /= 1000
-    if unit == "bytes":
-        return f"{int(value)} bytes"
-    if value >= 10000:  # only absurd requests get here
-        return f"{value:.1e} {unit}"
-    return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
 
 # --- results folder -----------------------------------------------------------------------
@@ -221,8 +209,6 @@ def estimate_training_memory(
     first call). Width 100000 at 224, or 224 at batch 1e9: 0.5 to 1 s (meta shapes only);
     past the 1 PiB bound (width 100000 at 100000x100000, or 1e12) it returns at once.
     """
-    from .models import create_model
-
     for name, value in (
         ("width", width),
         ("num_classes", num_classes),
@@ -416,18 +402,11 @@ def disk_bytes_needed(estimate: dict[str, Any], run_dir: Path | str | None = Non
     return max(2 * (last + best) - existing, last + best)
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_disk_space(folder: Path | str, needed_bytes: int, estimate: dict[str, Any] | None = None) -> None:
     """Refuse when the filesystem of ``folder`` (or of its nearest existing parent) has less
     than ``needed_bytes`` free; with ``estimate`` the message gives the checkpoint sizes."""
     folder = Path(folder)
-    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    free = shutil.disk_usage(existing_ancestor(folder)).free
     if free >= needed_bytes:
         return
     detail = ""
@@ -441,61 +420,3 @@ def check_disk_space(folder: Path | str, needed_bytes: int, estimate: dict[str, 
         f"not enough space in {folder}: {format_bytes(free)} free, training needs about "
         f"{format_bytes(needed_bytes)}{detail}; free space or choose another --results-dir"
     )
-
-
-_CAUSES = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EFBIG: "file too large for the file system",
-}
-# What torch.save raises when a write fails inside its zip writer (its C++ stream hides errno).
-_TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing file", "file write failed", "iostream error")
-_FULL_ENOUGH_BYTES = 16 * 2**20  # with no size given, less than this free reads as a full disk
-
-
-def _os_error_in_chain(error: BaseException) -> OSError | None:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno is not None:
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def describe_write_error(path: Path | str, error: BaseException, needed_bytes: int | None = None) -> str:
-    """One line on why writing ``path`` failed: the file, the cause, the space a checkpoint needs.
-
-    Handles OSErrors (ENOSPC, EDQUOT, EROFS, EACCES, ...), also when chained under another
-    error, and torch.save's ``RuntimeError: [enforce fail at inline_container.cc...] unexpected
-    pos``, which names no cause: it reads as a full disk when the disk has less free than
-    ``needed_bytes`` (or than 16 MiB when not given).
-    """
-    path = Path(path)
-    try:
-        free: int | None = shutil.disk_usage(_existing_ancestor(path.parent)).free
-    except OSError:
-        free = None
-    space = []
-    if free is not None:
-        space.append(f"{format_bytes(free)} free in {path.parent}")
-    if needed_bytes is not None:
-        space.append(f"a checkpoint needs about {format_bytes(needed_bytes)}")
-    space_text = f" ({', '.join(space)})" if space else ""
-    os_error = _os_error_in_chain(error)
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if os_error is not None:
-        cause = _CAUSES.get(os_error.errno) or f"{os_error.strerror or os_error} (errno {os_error.errno})"
-    elif isinstance(error, RuntimeError) and any(marker in str(error) for marker in _TORCH_WRITE_FAILURES):
-        full = free is not None and free < (needed_bytes if needed_bytes is not None else _FULL_ENOUGH_BYTES)
-        cause = "no space left on device" if full else f"the write failed ({type(error).__name__}: {text})"
-    else:
-        cause = f"{type(error).__name__}: {text}"
-    if os_error is not None and os_error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        advice = "choose another --results-dir"
-    else:
-        advice = "free space or choose another --results-dir"
-    return f"could not write {path}: {cause}{space_text}; {advice}"

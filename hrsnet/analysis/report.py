@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import rundir
+from .. import rundir
 
 LEAD_TAG = "report-lead"
 OMIT_TAG = "report-omit"
@@ -26,8 +26,8 @@ def render_report(
 ) -> Path:
     """Merge the executed ``notebooks`` (the one with a ``report-lead`` cell first, then in the order
     given) and write them as one HTML page without code and without ``report-omit`` cells."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    import nbformat  # lazy: nbconvert takes seconds to import; only the report needs it
+    from nbconvert import HTMLExporter  # lazy: as above
 
     present = [Path(path) for path in notebooks if Path(path).exists()]
     if not present:

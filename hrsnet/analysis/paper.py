@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 
-from .models import list_models, summary
-from .models.summary import head_parameters
+import pandas as pd
+
+from ..models import list_models, summary
+from ..models.summary import head_parameters, parameter_count
 
 # Parameter counts the report and the HRNet papers quote, to print beside ours.
 CLAIMED_PARAMETERS = {
@@ -40,8 +42,6 @@ def is_paper_setting(dataset: str, image_size: int) -> bool:
 
 def architecture_table(names=None, widths=(2, 18, 30), image_size: int = 224, num_classes: int = 100):
     """One row per network and width: parameters, FLOPs, and the claim they should be read beside."""
-    import pandas as pd
-
     return pd.DataFrame(_architecture_rows(tuple(names or list_models()), tuple(widths), image_size, num_classes))
 
 
@@ -68,10 +68,6 @@ def _architecture_rows(names: tuple[str, ...], widths: tuple[int, ...], image_si
 def parameter_table(names=None, widths=(2, 18, 30), num_classes: int = 100):
     """architecture_table's "network", "C" and "parameters (M)" alone: no FLOP count (which
     takes about 1.5 s per network and width, even on the meta device)."""
-    import pandas as pd
-
-    from .models.summary import parameter_count
-
     return pd.DataFrame(
         [
             {"network": name, "C": width, "parameters (M)": round(parameter_count(name, width, num_classes) / 1e6, 2)}

@@ -10,6 +10,8 @@ drawn from whatever epochs they have and marked as such; every title states the 
 
 from __future__ import annotations
 
+import datetime
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,15 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import data, rundir, stats
-from .models import PRESETS
+from .. import data, rundir
+from ..experiments import PROFILES
+from ..models import PRESETS
+from ..provenance import git_commit
+from ..rundir import Run
+from . import stats
+from .collect import RunCollection, collect_runs, load_run
 from .paper import RELEASED_NOTEBOOK_RESULTS, is_paper_setting
-from .rundir import Run
-from .tables import markdown_table
+from .tables import markdown_table, seeds_text
 
 NETWORK_LABELS = {name: preset.label for name, preset in PRESETS.items()}  # in report order
 DATASET_LABELS = data.DATASET_LABELS
@@ -37,135 +43,6 @@ WIDTH_STYLES = ["-", "--", ":", "-."]
 
 def run_label(run: Run) -> str:
     return f"{NETWORK_LABELS.get(run.arch, run.arch)}, C={run.width}"
-
-
-def load_run(run_dir: Path) -> Run | None:
-    """A run directory, read back, or None if it has no config yet."""
-    run = rundir.read_run(run_dir)
-    return run if run.config is not None else None
-
-
-@dataclass(frozen=True)
-class MissingRun:
-    run_id: str
-    arch: str
-    width: int
-    seed: int = 0
-
-
-@dataclass
-class RunCollection:
-    """The runs a profile expects (every network x C x seed): those found, and the missing ones."""
-
-    profile: str
-    runs: list[Run]
-    missing: list[MissingRun] = field(default_factory=list)  # expected, no run directory yet
-    unreadable: list[tuple[MissingRun, str]] = field(default_factory=list)  # (the run, why it was left out)
-    seeds: tuple[int, ...] = ()  # the seeds expected per network x C (empty: those of the runs found)
-
-    @property
-    def partial(self) -> list[Run]:
-        return [run for run in self.runs if not run.status.finished]
-
-    @property
-    def finished(self) -> list[Run]:
-        return [run for run in self.runs if run.status.finished]
-
-    @property
-    def expected_seeds(self) -> tuple[int, ...]:
-        return tuple(self.seeds) or tuple(sorted({run.seed for run in self.runs}))
-
-    @property
-    def expected_count(self) -> int:
-        return len(self.runs) + len(self.missing) + len(self.unreadable)
-
-    @property
-    def seeds_text(self) -> str:
-        """'3 seeds', or '3 seeds, 16/18 runs finished' while some are missing or unfinished."""
-        text = _seeds_text(len(self.expected_seeds))
-        if len(self.finished) < self.expected_count:
-            text += f", {len(self.finished)}/{self.expected_count} runs finished"
-        return text
-
-    @property
-    def caption(self) -> str:
-        datasets = sorted({DATASET_LABELS.get(run.dataset, run.dataset) for run in self.runs}) or ["no data"]
-        sizes = sorted({run.image_size for run in self.runs})
-        size = f", {'/'.join(str(s) for s in sizes)}px" if sizes else ""
-        return f"{', '.join(datasets)}{size}, profile '{self.profile}', {self.seeds_text}"
-
-    def widths(self) -> list[int]:
-        return sorted({run.width for run in self.runs} | {missing.width for missing in self.missing})
-
-    def runs_of(self, arch: str, width: int) -> list[Run]:
-        """Every seed's run of ``arch`` at C=width that was found, by seed."""
-        return sorted((run for run in self.runs if run.arch == arch and run.width == width), key=lambda r: r.seed)
-
-    def cell_seeds_text(self, arch: str, width: int) -> str:
-        """'3 seeds' when every expected seed of the cell finished, else 'seeds: 2/3 finished'."""
-        expected = sum(1 for run in self.runs if run.arch == arch and run.width == width) + sum(
-            1
-            for missing in [*self.missing, *(run for run, _ in self.unreadable)]
-            if missing.arch == arch and missing.width == width
-        )
-        done = sum(1 for run in self.runs_of(arch, width) if run.status.finished)
-        return _seeds_text(done) if done == expected else f"seeds: {done}/{expected} finished"
-
-    def describe(self) -> str:
-        """What is missing or unfinished, for the notebook's output."""
-        lines = [f"{len(self.runs)} run(s) found for profile '{self.profile}' ({self.seeds_text})"]
-        lines += [f"  missing: {missing.run_id}" for missing in self.missing]
-        lines += [f"  left out, unreadable: {run.run_id} ({why})" for run, why in self.unreadable]
-        lines += [f"  {run.status.state}: {run.run_id} ({run.status.reason})" for run in self.partial]
-        lines += [
-            f"  diverged: {run.run_id} ({run.status.reason})" for run in self.runs if run.status.state == "diverged"
-        ]
-        return "\n".join(lines)
-
-
-def _seeds_text(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
-def collect_runs(
-    results_dir: str | Path, profile: str, data_dir: str | Path | None = None, seeds: int | None = None
-) -> RunCollection:
-    """Load the runs of ``profile`` (as hrsnet.experiments defines it; ``seeds`` = N: seeds 0..N-1)
-    from ``results_dir/runs``."""
-    from .experiments import profile_runs, resolve_profile
-
-    name, _ = resolve_profile(profile)
-    runs, missing, unreadable = [], [], []
-    configs = profile_runs(name, results_dir, data_dir, seeds=seeds)
-    for config in configs:
-        expected = MissingRun(config.run_id, config.arch, config.width, config.seed)
-        try:
-            run = load_run(Path(results_dir) / "runs" / config.run_id)
-        except rundir.RunFileError as error:  # left out of the figures, listed with its reason
-            unreadable.append((expected, str(error)))
-            continue
-        if run is None:
-            missing.append(expected)
-        elif (edited := _config_disagrees(run)) is not None:
-            unreadable.append((expected, edited))
-        else:
-            runs.append(run)
-    seed_list = tuple(sorted({config.seed for config in configs}))
-    return RunCollection(name, runs, missing, unreadable, seed_list)
-
-
-def _config_disagrees(run: Run) -> str | None:
-    """Why a run's config.json does not describe its run id (a hand edit), or None if it does."""
-    from .config import TrainConfig, setting_names
-
-    try:
-        train = {key: value for key, value in run.config["train"].items() if key in setting_names()}
-        run_id = TrainConfig.from_settings(train).run_id
-    except (KeyError, TypeError, ValueError) as error:
-        return f"{run.run_dir / rundir.CONFIG_FILE} is not a valid run config ({error})"
-    if run_id != run.run_id:
-        return f"{run.run_dir / rundir.CONFIG_FILE} describes run {run_id}, not {run.run_id} (edited by hand?)"
-    return None
 
 
 # --- drawing helpers ------------------------------------------------------------------------
@@ -422,7 +299,7 @@ def plot_accuracy(collection: RunCollection, networks=("hrnet", "hrsnet")) -> pl
     final.set_xticks(positions, [f"C = {w}" for w in widths])
     final.set(
         ylabel="test top-1 (last-epoch model)",
-        title=f"final test accuracy, {_seeds_text(len(collection.expected_seeds))} per network x C",
+        title=f"final test accuracy, {seeds_text(len(collection.expected_seeds))} per network x C",
         ylim=(0, 1.05),
     )
     _legend(final, below=True, ncol=2, fontsize="x-small")
@@ -527,7 +404,7 @@ def plot_best_worst_classes(collection: RunCollection, arch: str, k: int = 5) ->
     _title(
         fig,
         f"{NETWORK_LABELS.get(arch, arch)}: highest and lowest test accuracy per class (Figures 8, 9),\n"
-        f"mean over {_seeds_text(len(seeds))} ({len(with_classes)} runs with per-class results), "
+        f"mean over {seeds_text(len(seeds))} ({len(with_classes)} runs with per-class results), "
         f"then over C in {widths}",
         collection,
     )
@@ -622,17 +499,12 @@ def _dataset_text(run: Run) -> str:
 
 
 def _utc(timestamp: float) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_header(collection: RunCollection) -> dict[str, str]:
     """What a reader needs before any number: profile, dataset, seeds, device, date and git commit,
     read from the runs' config.json ("environment": device and commit of each run)."""
-    from .experiments import PROFILES
-    from .train import _git_commit
-
     runs = collection.runs
     environments = [(run.config or {}).get("environment") or {} for run in runs]
     commits = [str(env["git_commit"])[:12] for env in environments if env.get("git_commit")]
@@ -642,8 +514,6 @@ def run_header(collection: RunCollection) -> dict[str, str]:
         for run in runs
         if (run.run_dir / rundir.HISTORY_FILE).exists()
     ]
-    import time
-
     seeds = collection.expected_seeds
     finished = len(collection.finished)
     seed_line = (
@@ -656,7 +526,7 @@ def run_header(collection: RunCollection) -> dict[str, str]:
     if written:
         first, last = _utc(min(written)), _utc(max(written))
         date += f"; runs last written {first}" + ("" if first == last else f" to {last}")
-    figures_commit = _git_commit()
+    figures_commit = git_commit()
     profile = PROFILES.get(collection.profile)
     return {
         "title": REPORT_TITLE,

@@ -20,24 +20,14 @@ early leaves the pack, and the others are packed again without it.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Sequence
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import preflight, rundir
-from .data import preprocess
-from .runlock import RunLock, RunLockedError
-from .runtime import autocast_context, resolve_device
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
-    from .train import Trainer
+from .checkpoint import load_optimizer_state
+from .step import EpochMeter, train_step
+from .trainer import Trainer, config_optimizer, step_model
 
 
 class PackedLinear(nn.Module):
@@ -138,8 +128,6 @@ def unpack_into(packed: nn.Module, models: Sequence[nn.Module]) -> None:
 
 def pack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], packed: torch.optim.Optimizer) -> None:
     """Give ``packed`` (built over the packed parameters) the seeds' optimizer state, stacked."""
-    from .train import load_optimizer_state
-
     states = [optimizer.state_dict() for optimizer in optimizers]
     indices = set(states[0]["state"])
     if any(set(state["state"]) != indices for state in states[1:]):
@@ -157,8 +145,6 @@ def pack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], packed: to
 
 
 def unpack_optimizer_state(packed: torch.optim.Optimizer, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    from .train import load_optimizer_state
-
     state = packed.state_dict()["state"]
     seeds = len(optimizers)
     parts = {
@@ -172,15 +158,8 @@ def unpack_optimizer_state(packed: torch.optim.Optimizer, optimizers: Sequence[t
         load_optimizer_state(optimizer, {"state": seed_state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def packed_loss(logits: torch.Tensor, labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The sum of the seeds' mean cross-entropies (so each seed's gradient is its own run's), and each."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 autocast logits: loss in float32
-    losses = [F.cross_entropy(logits[:, k].to(dtype), labels_k) for k, labels_k in enumerate(labels)]
-    return torch.stack(losses).sum(), losses
-
-
 class PackedSeeds:
-    """Trains started Trainers (hrsnet.train) of one network x C together, epoch by epoch.
+    """Trains started Trainers (hrsnet.engine.trainer) of one network x C together, epoch by epoch.
 
     Each round trains the unfinished seeds that have the fewest epochs (after a kill they may
     differ by one), packed; then each validates, checkpoints and logs as ``Trainer.run`` does.
@@ -222,8 +201,6 @@ class PackedSeeds:
 
     def pack(self, members: tuple[Trainer, ...]) -> None:
         """Build the packed model and optimizer for ``members`` (kept while they stay the same)."""
-        from .train import config_optimizer, step_model
-
         if members == self._members:
             return
         config = members[0].config
@@ -242,98 +219,25 @@ class PackedSeeds:
     def train_one_epoch(self, epoch: int) -> list[dict[str, float]]:
         """One epoch of every member, packed; the rows Trainer.train_one_epoch would give each.
 
-        Every member draws its data order and augmentation from its own generator in the same
+        Every member draws its data order and augmentation from its own generators in the same
         order as its unpacked run, so it sees the same batches. A member whose loss becomes
-        non-finite gets its "diverged" status and its row up to that batch; it goes on inside
+        non-finite gets its "diverged" status and its row up to that check; it goes on inside
         the pack until the epoch ends (its blocks cannot reach the others').
         """
         members, device = self._members, self.device
         config = members[0].config
         self._model.train()
         orders = [torch.randperm(len(m.data.train), generator=m.shuffle_generator).to(device) for m in members]
-        batch_size = config.batch_size
-        num_batches = math.ceil(len(members[0].data.train) / batch_size)
-        loss_sums = [torch.zeros((), device=device) for _ in members]
-        corrects = [torch.zeros((), device=device, dtype=torch.long) for _ in members]
-        seen = [0] * len(members)
-        live = [True] * len(members)
-        lr = self._optimizer.param_groups[0]["lr"]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for batch in range(num_batches):
-            inputs, labels = [], []
-            for member, order in zip(members, orders, strict=True):
-                index = order[batch * batch_size : (batch + 1) * batch_size]
-                split = member.data.train
-                labels.append(split.labels[index])
-                inputs.append(
-                    preprocess(
-                        split.images[index],
-                        member.config.image_size,
-                        member.config.augment,
-                        member.shuffle_generator,
-                        member.memory_format,
-                    )
-                )
-            stacked = torch.cat(inputs, dim=1).contiguous(memory_format=members[0].memory_format)
-            with autocast_context(members[0].precision, device):
-                logits = self._step_model(stacked)
-            loss, losses = packed_loss(logits, labels)
-            self._optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._optimizer.step()
-            for k, member in enumerate(members):
-                if not live[k]:
-                    continue
-                loss_sums[k] += losses[k].detach() * len(labels[k])
-                corrects[k] += (logits[:, k].detach().argmax(dim=1) == labels[k]).sum()
-                seen[k] += len(labels[k])
-                if (batch + 1) % config.log_every == 0 or batch == num_batches - 1:
-                    mean_loss = loss_sums[k].item() / seen[k]
-                    if not math.isfinite(mean_loss):
-                        member.mark_diverged(mean_loss, epoch, batch + 1, num_batches)
-                        live[k] = False
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        return [
-            {
-                "train_loss": loss_sums[k].item() / seen[k],
-                "train_acc": corrects[k].item() / seen[k],
-                "lr": lr,
-                "epoch_seconds": seconds,
-                "images_per_second": seen[k] / seconds,
-            }
-            for k in range(len(members))
-        ]
-
-
-def fit_packed(configs: Sequence[TrainConfig], force: bool = False) -> list[rundir.Run]:
-    """``hrsnet.train.fit_seeds`` with the seeds packed: each seed's run is locked, checked,
-    resumed or skipped as ``fit`` does, then the unfinished ones train as one network."""
-    from .train import finish_run, open_run, raise_failures, train_guarded
-
-    device = resolve_device(configs[0].device)
-    preflight.check_writable(configs[0].results_dir)
-    results: list[rundir.Run] = []
-    failures: list[tuple[Any, BaseException]] = []
-    with ExitStack() as locks:
-        trainers = []
-        for config in configs:
-            try:
-                locks.enter_context(RunLock(config.run_dir()))
-                opened = open_run(config, device, force, packed_with=len(configs))
-            except RunLockedError as error:
-                print(f"[{config.run_id}] skipped: {error}", flush=True)
-                continue
-            except Exception as error:  # the other seeds still train; raised below
-                print(f"[{config.run_id}] FAILED: {type(error).__name__}: {error}", flush=True)
-                failures.append((config, error))
-                continue
-            (results if isinstance(opened, rundir.Run) else trainers).append(opened)
-        if trainers:
-            train_guarded(trainers, PackedSeeds(trainers).run)
-            results.extend(finish_run(trainer) for trainer in trainers)
-    raise_failures(failures)
-    return sorted(results, key=lambda run: run.seed)
+        batches = [list(order.split(config.batch_size)) for order in orders]
+        meter = EpochMeter(len(members), len(batches[0]), device, config.log_every)
+        meter.start(self._optimizer.param_groups[0]["lr"])
+        settings = members[0].step_settings
+        for batch in range(len(batches[0])):
+            shares = [member.batch_share(batches[k][batch]) for k, member in enumerate(members)]
+            losses, logits, labels = train_step(self._step_model, self._optimizer, shares, settings)
+            meter.add(batch, losses, logits, labels)
+            if meter.due(batch):
+                for k, mean_loss in meter.check():
+                    members[k].mark_diverged(mean_loss, epoch, batch + 1, len(batches[0]))
+        meter.stop()
+        return meter.rows()

@@ -1,0 +1,1 @@
+"""Tools the command line runs: the benchmark, time estimates and the GPU checks."""
