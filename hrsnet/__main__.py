@@ -150,7 +150,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """List a profile's runs (first line, on stderr: which profile and why). Each row: index, run
     id, network, C, seed, state, and what a rerun will do, with any disagreement between its files."""
-    from .experiments import profile_runs, resolve_profile
+    from .profiles import profile_runs, resolve_profile
     from .runs.lifecycle import check_run
 
     name, why = resolve_profile(args.profile)
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
     summary.set_defaults(handler=cmd_summary)
 
-    from .experiments import describe_profiles
+    from .profiles import describe_profiles
 
     runs = commands.add_parser(
         "runs",

@@ -17,7 +17,7 @@ LAYERS = [
     ("hrsnet.pipeline", "hrsnet.tools"),
     ("hrsnet.analysis", "hrsnet.runs"),
     ("hrsnet.engine",),
-    ("hrsnet.experiments", "hrsnet.config", "hrsnet.rundir", "hrsnet.provenance"),
+    ("hrsnet.profiles", "hrsnet.config", "hrsnet.rundir", "hrsnet.provenance"),
     ("hrsnet.models", "hrsnet.data", "hrsnet.runtime"),
 ]
 SIBLINGS_MAY_IMPORT = {
@@ -25,7 +25,7 @@ SIBLINGS_MAY_IMPORT = {
     ("hrsnet.tools", "hrsnet.pipeline"): False,
     ("hrsnet.analysis", "hrsnet.runs"): False,  # the analysis reads run directories, not the run machinery
     ("hrsnet.runs", "hrsnet.analysis"): False,
-    ("hrsnet.experiments", "hrsnet.config"): True,  # profiles are made of TrainConfigs
+    ("hrsnet.profiles", "hrsnet.config"): True,  # profiles are made of TrainConfigs
     ("hrsnet.rundir", "hrsnet.config"): False,
     ("hrsnet.config", "hrsnet.rundir"): False,
     ("hrsnet.provenance", "hrsnet.config"): False,

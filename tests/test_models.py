@@ -11,7 +11,7 @@ from hrsnet.analysis.paper import RELEASED_PARAMETERS_C2
 from hrsnet.models import PRESETS, HRNetConfig, config_differences, model_config, summary
 from hrsnet.models.blocks import BasicBlock, Bottleneck, PreActBlock
 
-NAMES = ["hrnet_official", "hrnet", "hrsnet"]  # report order: each preset after its base
+NAMES = ["hrnet_official", "hrnet", "hrsnet", "hrsnet_skip"]  # report order: each preset after its base
 
 
 def test_list_models():
@@ -160,22 +160,25 @@ def test_conv_bias():
     assert official.final_layer[0].bias is not None  # as in the official head
 
 
-@pytest.mark.parametrize("name", ["hrnet", "hrsnet"])
+@pytest.mark.parametrize("name", ["hrnet", "hrsnet", "hrsnet_skip"])
 def test_parameter_counts_equal_the_released_notebooks(name):
-    """Counted from the authors' code at C=2, 100 classes; a missing unit bias is 608 x C short."""
+    """Counted from the authors' code at C=2, 100 classes; a missing unit bias is 608 x C short.
+    The stage skip has no parameters: hrsnet_skip counts as hrsnet (so counts cannot tell them apart)."""
     with torch.device("meta"):
         model = create_model(name, width=2, num_classes=100)
-    assert sum(p.numel() for p in model.parameters()) == RELEASED_PARAMETERS_C2[name]
+    assert sum(p.numel() for p in model.parameters()) == RELEASED_PARAMETERS_C2[name.replace("_skip", "")]
 
 
 def test_presets_are_written_as_changes_from_their_base():
     assert PRESETS["hrnet_official"].base is None and PRESETS["hrnet_official"].changes == {}
-    assert PRESETS["hrsnet"].base == "hrnet"
-    assert set(PRESETS["hrsnet"].changes) == {"modules_per_stage", "stage_skip"}
-    differing = {
-        f for f, value in model_config("hrsnet").to_dict().items() if value != getattr(model_config("hrnet"), f)
-    }
-    assert differing == {"modules_per_stage", "stage_skip"}
+    assert PRESETS["hrsnet"].base == "hrnet" and set(PRESETS["hrsnet"].changes) == {"modules_per_stage"}
+    assert PRESETS["hrsnet_skip"].base == "hrsnet" and PRESETS["hrsnet_skip"].changes == {"stage_skip": True}
+
+    def differing(name, base):
+        return {f for f, value in model_config(name).to_dict().items() if value != getattr(model_config(base), f)}
+
+    assert differing("hrsnet", "hrnet") == {"modules_per_stage"}
+    assert differing("hrsnet_skip", "hrsnet") == {"stage_skip"}
 
 
 def test_preact_unit_order():
@@ -196,8 +199,50 @@ def test_head_activation_before_add():
     torch.testing.assert_close(unit(x), residual + unit.downsample(x))
 
 
+def _released_stage_forward(stage):
+    """A stage's forward as the released HRSNet notebooks write it (their Stage2/3/4.forward),
+    on our modules: the stage input kept as ``residual`` (a Python list of branch tensors), three
+    modules, ``x = x + residual`` (two lists: concatenation, not addition), the fourth module,
+    which reads only the first entries (one per branch)."""
+
+    def forward(x):
+        residual = x
+        for module in list(stage)[:-1]:
+            x = module(x)
+        x = x + residual
+        return stage[-1](x)
+
+    return forward
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_hrsnet_computes_what_the_released_code_computes(mode):
+    """hrsnet is the network behind the published HRSNet numbers: with the same weights its logits
+    equal, exactly, those of the released stage forward and of the report's HRNet config with 4
+    modules per stage; hrsnet_skip (the text's stage skip) computes something else."""
+    torch.manual_seed(0)
+    released = create_model("hrsnet_skip", width=2, num_classes=10)
+    _randomize(released)
+    for stage in (released.stage2, released.stage3, released.stage4):
+        stage.forward = _released_stage_forward(stage)
+    ours = create_model("hrsnet", width=2, num_classes=10)
+    text = create_model("hrsnet_skip", width=2, num_classes=10)
+    hrnet_444 = create_model("hrnet", width=2, num_classes=10, modules_per_stage=(4, 4, 4))
+    assert model_config("hrsnet", 2, 10) == model_config("hrnet", 2, 10, modules_per_stage=(4, 4, 4))
+    x = torch.randn(4, 3, 64, 64)
+    logits = {}
+    for name, model in (("released", released), ("ours", ours), ("text", text), ("hrnet_444", hrnet_444)):
+        model.load_state_dict(released.state_dict())
+        model.train(mode == "train")
+        with torch.no_grad():
+            logits[name] = model(x)
+    assert torch.equal(logits["ours"], logits["released"])
+    assert torch.equal(logits["ours"], logits["hrnet_444"])
+    assert (logits["text"] - logits["ours"]).abs().max() > 1e-3
+
+
 def test_stage_skip_feeds_last_module():
-    model = create_model("hrsnet", width=2).eval()
+    model = create_model("hrsnet_skip", width=2).eval()
     _randomize(model)
     stage = model.stage3
     seen = {}
@@ -208,15 +253,14 @@ def test_stage_skip_feeds_last_module():
         model(torch.randn(1, 3, 64, 64))
     for stage_in, third_out, last_in in zip(seen["stage_in"], seen["third_out"], seen["last_in"]):
         torch.testing.assert_close(last_in, third_out + stage_in)
-    # Without the skip, the last module sees the third module's output alone.
-    plain = create_model("hrsnet", width=2, stage_skip=False)
-    assert not plain.stage3.stage_skip
+    # Without the skip (hrsnet), the last module sees the third module's output alone.
+    assert not create_model("hrsnet", width=2).stage3.stage_skip
 
 
 def test_config_differences_table():
     rows = {row["field"]: row for row in config_differences()}
     assert rows["unit"]["hrnet_official"] == "basic" and rows["unit"]["hrsnet"] == "preact"
-    assert rows["stage_skip"]["hrsnet"] is True
+    assert rows["stage_skip"]["hrsnet"] is False and rows["stage_skip"]["hrsnet_skip"] is True
 
 
 # --- errors: raised at construction (or first forward), naming the argument ---------------
@@ -225,7 +269,7 @@ def test_config_differences_table():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(name="resnet50"), "valid names: hrnet_official, hrnet, hrsnet"),
+        (dict(name="resnet50"), "valid names: hrnet_official, hrnet, hrsnet, hrsnet_skip"),
         (dict(name="hrnet", width=0), "width must be an integer >= 1"),
         (dict(name="hrnet", width=2.5), "width must be an integer >= 1"),
         (dict(name="hrnet", width=True), "width must be an integer >= 1"),

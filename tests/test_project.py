@@ -64,7 +64,7 @@ def test_readme_architecture_table_comes_from_summary():
 
 
 def test_readme_profiles_match_experiments():
-    from hrsnet.experiments import PROFILES
+    from hrsnet.profiles import PROFILES
 
     text = (REPO / "README.md").read_text()
     quick = PROFILES["quick"].settings

@@ -16,7 +16,7 @@ import pytest
 import torch
 from fixture_runs import write_fixture_run
 
-from hrsnet import experiments, rundir
+from hrsnet import profiles as experiments, rundir
 from hrsnet.__main__ import main
 from hrsnet.analysis import figures as plots
 from hrsnet.analysis import stats

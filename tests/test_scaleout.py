@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hrsnet import experiments, rundir
+from hrsnet import profiles as experiments, rundir
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "scripts" / "slurm"

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import TrainConfig, setting_names
 from ..data import DATASET_LABELS
-from ..experiments import profile_runs, resolve_profile
+from ..profiles import profile_runs, resolve_profile
 from ..rundir import Run
 from .tables import seeds_text
 
@@ -105,7 +105,7 @@ class RunCollection:
 def collect_runs(
     results_dir: str | Path, profile: str, data_dir: str | Path | None = None, seeds: int | None = None
 ) -> RunCollection:
-    """Load the runs of ``profile`` (as hrsnet.experiments defines it; ``seeds`` = N: seeds 0..N-1)
+    """Load the runs of ``profile`` (as hrsnet.profiles defines it; ``seeds`` = N: seeds 0..N-1)
     from ``results_dir/runs``."""
     name, _ = resolve_profile(profile)
     runs, missing, unreadable = [], [], []

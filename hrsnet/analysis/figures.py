@@ -25,7 +25,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from .. import data, rundir
-from ..experiments import PROFILES
+from ..profiles import PROFILES
 from ..models import PRESETS
 from ..provenance import git_commit
 from ..rundir import Run

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..analysis.paper import RELEASED_NOTEBOOK_RESULTS
-from ..experiments import profile_runs
+from ..profiles import profile_runs
 from ..rundir import write_csv
 from ..runtime import resolve_device
 from .bench import FULL_SPLIT_SIZES, Setting, default_variant, device_name, log, measure, read_bench_csv
