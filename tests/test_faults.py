@@ -19,7 +19,8 @@ from conftest import script_validation_losses, tiny_config
 from fixture_runs import write_fixture_run
 
 import hrsnet.engine.trainer as train_module
-from hrsnet import profiles as experiments, rundir
+from hrsnet import profiles as experiments
+from hrsnet import rundir
 from hrsnet.__main__ import main
 from hrsnet.analysis import figures as plots
 from hrsnet.data import DataNotFoundError

@@ -16,7 +16,8 @@ import pytest
 import torch
 from fixture_runs import write_fixture_run
 
-from hrsnet import profiles as experiments, rundir
+from hrsnet import profiles as experiments
+from hrsnet import rundir
 from hrsnet.__main__ import main
 from hrsnet.analysis import figures as plots
 from hrsnet.analysis import stats

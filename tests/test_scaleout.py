@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hrsnet import profiles as experiments, rundir
+from hrsnet import profiles as experiments
+from hrsnet import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "scripts" / "slurm"

@@ -25,8 +25,8 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from .. import data, rundir
-from ..profiles import PROFILES
 from ..models import PRESETS
+from ..profiles import PROFILES
 from ..provenance import git_commit
 from ..rundir import Run
 from . import stats

@@ -276,7 +276,7 @@ PROFILE_NAMES = (*BUILT_IN, "auto")
 def resolve_profile(name: str | Path) -> tuple[str, str]:
     """(profile name or file, why): ``auto`` is ``paper`` with a CUDA GPU, else ``quick``."""
     if str(name) != "auto":
-        profile_path(name)  # an unknown name fails here, in one line
+        load_profile(name)  # an unknown name or a bad file fails here, in one line
         return str(name), "asked for"
     if torch.cuda.is_available():
         return "paper", f"auto: a CUDA GPU is visible ({torch.cuda.get_device_name(0)})"
