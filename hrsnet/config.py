@@ -23,8 +23,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
+from .data import DATASETS, data_dir_help
 from .models import PRESETS, list_models, model_config
+from .models.pretrained import INITS, allowed_inits, check_init
 from .runtime import DEVICE_CHOICES, OPTIMIZERS, PRECISIONS, SWITCHES, check_device_name
 
 RUN_ID_FORMAT = 2  # 1: every field hashed, defaults included
@@ -88,10 +89,14 @@ class TrainConfig:
         "override one model config field (an ablation), e.g. unit=basic or modules_per_stage=4,4,4; repeatable",
         "model",
     )
-    dataset: str = setting("cifar100", "the dataset", "data", choices=_dataset_names)
-    data_dir: str | None = setting(
-        None, "folder holding cifar-100-python/ (None: $HRSNET_DATA, else data/ in the repository)", "data"
+    init: str = setting(
+        "random",
+        f"random: the preset's own initialisation; timm: ImageNet weights through timm, for {allowed_inits()}",
+        "model",
+        choices=INITS,
     )
+    dataset: str = setting("cifar100", "the dataset", "data", choices=_dataset_names)
+    data_dir: str | None = setting(None, data_dir_help(), "data")
     image_size: int = setting(224, "images are resized to this square size", "data", minimum=32)
     augment: bool = setting(False, "random crop (4-pixel padding) and horizontal flip; off in the paper", "data")
     val_fraction: float = setting(0.2, "share of the training images held out for validation", "data", above=0, below=1)
@@ -152,6 +157,7 @@ class TrainConfig:
             self.model_config(num_classes=1)  # the model's own validation, before any data
         except ValueError as error:
             raise ValueError(f"model_options: {error}") from error
+        check_init(self.init, self.arch, self.width, self.model_options)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
@@ -212,6 +218,42 @@ def optional(name: str) -> bool:
     return _default(next(f for f in dataclasses.fields(TrainConfig) if f.name == name)) is None
 
 
+BOOLEAN_WORDS = {"true": True, "false": False}
+
+
+def from_text(name: str, kind: type, value: Any, allow_none: bool = False) -> Any:
+    """``value`` as its declared type ``kind`` when it arrives as text, converted as the command line
+    converts the same text ("3" -> 3, "0.5" -> 0.5, "true"/"false" in any case -> a bool, "none" ->
+    None where None is allowed); any other value is returned as it is, for the validation to judge.
+    Why: papermill's ``-p force false`` passes the string "false", which Python counts as true."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if allow_none and text.lower() == "none":
+        return None
+    if kind is bool:
+        if text.lower() not in BOOLEAN_WORDS:
+            raise ValueError(f"{name} must be True or False; got {value!r}")
+        return BOOLEAN_WORDS[text.lower()]
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise ValueError(f"{name} must be {noun}{' or None' if allow_none else ''}; got {value!r}") from None
+    return value
+
+
+def settings_from_text(settings: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig settings whose values may arrive as text (a notebook's parameters), each converted
+    by its field's declared type (``from_text``); unknown names are left for TrainConfig to reject."""
+    types = field_types()
+    return {
+        name: from_text(name, types[name], value, optional(name)) if name in types else value
+        for name, value in settings.items()
+    }
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -222,8 +264,14 @@ def _validated(config_field: dataclasses.Field, kind: type, value: Any) -> Any:
     if value is None and _default(config_field) is None:
         return value
     if config_field.name == "model_options":
-        pairs = value.items() if isinstance(value, dict) else value
-        return tuple(sorted((str(key), item) for key, item in pairs))
+        pairs = [(str(key), item) for key, item in (value.items() if isinstance(value, dict) else value)]
+        repeated = sorted({key for key, _ in pairs if sum(other == key for other, _ in pairs) > 1})
+        if repeated:  # else one value would be dropped without a word (and sorting mixed values fails)
+            given = "; ".join(
+                f"{key} = {', '.join(repr(item) for other, item in pairs if other == key)}" for key in repeated
+            )
+            raise ValueError(f"model_options: each key once; {', '.join(repeated)} given more than once ({given})")
+        return tuple(sorted(pairs, key=lambda pair: pair[0]))
     choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
     if choices is not None and value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

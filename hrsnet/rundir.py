@@ -21,6 +21,14 @@
   (hrsnet.runs.lock; never deleted, held only while a process trains).
 - ``.<name>.<random>.tmp``: a file being written; one left by a killed process is removed
   when the run is next trained.
+
+Every file is validated when read (``read_run``, and a reader per file): it must read and have
+the shape above (columns, keys, numbers where numbers belong, one row per class, config.json
+naming this folder's run). A run is finished only if its status says so and every file a
+finished run writes is there, reads and fits the others (test metrics of the history's last
+epoch, split and config of one seed). Anything else raises RunFileError naming the file and
+the cause: the figures leave such a run out, ``python -m hrsnet runs`` names the file and what
+a rerun does, and training the run again rebuilds the files from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -83,7 +91,16 @@ def _umask() -> int:
 
 
 class RunFileError(RuntimeError):
-    """A file of a run that cannot be read or written; the message names the file and the cause."""
+    """A file of a run that cannot be read or written; the message names the file and the cause.
+
+    ``path`` is the file and ``cause`` the message without advice (for callers that add their own,
+    such as ``python -m hrsnet runs``, which knows whether a checkpoint can rebuild the file).
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None, cause: str | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+        self.cause = cause if cause is not None else message
 
 
 def atomic_write(
@@ -116,30 +133,43 @@ def atomic_write(
         raise
 
 
+# The signals that stop a run: Ctrl-C, and what kill and Slurm send (hrsnet.runs.launch makes
+# SIGTERM interrupt training as Ctrl-C does).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block until the block has ended, then act
-    on it as the previous handler would (KeyboardInterrupt, by default).
+    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block until the block has ended,
+    then act on it as the previous handler would (KeyboardInterrupt for SIGINT by default, the
+    process ends for SIGTERM by default; hrsnet.runs.launch's handler while training).
 
     Why: a KeyboardInterrupt raised inside torch.save's stream callback is turned by its C++
     writer into a RuntimeError ("unexpected pos ..."), so an interrupted checkpoint write
     used to end the run as "failed" with a disk-space message instead of "interrupted".
-    Only the main thread can set signal handlers; elsewhere the block runs as it is.
+    Only the main thread can set signal handlers; elsewhere the block runs as it is. An
+    ignored signal stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    previous = {}
+    for signum in INTERRUPT_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, lambda signum, frame: received.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
         if received:
-            if callable(previous):
-                previous(*received[0])
-            elif previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGINT)
+            signum, frame = received[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
 
 
 def _remove(temp_name: str | None) -> None:
@@ -170,18 +200,6 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda stream: json.dump(_json_safe(data), stream, indent=2, sort_keys=False))
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file of a run; RunFileError naming the file when it is truncated or not JSON."""
-    try:
-        with open(path) as stream:
-            return json.load(stream)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunFileError(
-            f"{path} is not readable JSON ({type(error).__name__}: {error}); "
-            "delete the run folder or rerun it with --force"
-        ) from error
-
-
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     def write(stream):
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
@@ -204,50 +222,282 @@ class RunStatus:
 def write_status(run_dir: Path, status: RunStatus) -> None:
     if status.state not in STATES:
         raise ValueError(f"status must be one of {', '.join(STATES)}; got {status.state!r}")
-    atomic_write(Path(run_dir) / STATUS_FILE, lambda stream: stream.write(f"{status.state}\n{status.reason}\n"))
+    reason = " ".join(status.reason.splitlines())  # the file is two lines: a state, a reason
+    atomic_write(Path(run_dir) / STATUS_FILE, lambda stream: stream.write(f"{status.state}\n{reason}\n"))
 
 
-def read_status(run_dir: Path) -> RunStatus | None:
-    """The run's status, or None when the run has not started."""
-    path = Path(run_dir) / STATUS_FILE
+# --- reading: every file validated -----------------------------------------------------------
+#
+# Each reader returns the file's content, None when the file is not there, or raises
+# RunFileError naming the file and what is wrong with it: unreadable (empty, binary, truncated),
+# of the wrong shape (columns, keys, one row per class), or with a non-number where a number
+# belongs. read_run() adds what the files must say together, and which files a finished run needs.
+
+REBUILD_ADVICE = (
+    "training the run again rebuilds it from last.pt where the run has one "
+    "(`python -m hrsnet runs` says what a rerun does), else --force starts the run over"
+)
+# What every finished run has, and what its test pass writes when it scored a model.
+FINISHED_RUN_FILES = (CONFIG_FILE, SPLIT_FILE, HISTORY_FILE, TEST_METRICS_FILE)
+TEST_PASS_FILES = (PER_CLASS_FILE, EXAMPLES_FILE)
+# What every epoch of a run that did not diverge measured (the timing columns may be empty).
+MEASURED_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+METRIC_KEYS = ("top1", "top5", "loss", "epoch")
+EXAMPLE_KEYS = ("images", "labels", "predictions")
+_NON_FINITE_TEXT = ("nan", "inf", "-inf")  # how write_json stores non-finite floats
+
+
+def damaged(path: Path, cause: str) -> RunFileError:
+    """The RunFileError of a damaged run file: ``"<path> <cause>; <how to repair>"``."""
+    return RunFileError(f"{path} {cause}; {REBUILD_ADVICE}", path, f"{path} {cause}")
+
+
+def _read_error(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number, or the text write_json gives a non-finite float."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in _NON_FINITE_TEXT
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run; RunFileError naming the file when it is truncated or not JSON."""
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(Path(path), f"is not readable JSON ({_read_error(error)})") from error
+    except OSError as error:  # a folder, no permission
+        raise damaged(Path(path), f"cannot be read ({_read_error(error)})") from error
+
+
+def _read_table(path: Path, **options) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, **options)
+        with open(path, "rb") as stream:  # write_csv ends every row with a line break: a cut file does not
+            stream.seek(-1, os.SEEK_END)
+            cut = stream.read(1) != b"\n"
+    except (ValueError, OSError) as error:  # EmptyDataError, ParserError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, f"is not a readable table ({_read_error(error)})") from error
+    if cut:
+        raise damaged(path, "is cut short (its last row has no line end)")
+    return table
+
+
+def _numbers(path: Path, table: pd.DataFrame, column: str, whole: bool = False) -> pd.Series:
+    """``table[column]`` as numbers (empty cells: NaN); RunFileError at the first cell that is not one."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    text = table[column].astype(str).str.strip()
+    bad = values.isna() & table[column].notna() & ~text.str.lower().isin(["", *_NON_FINITE_TEXT])
+    if whole:
+        bad |= values.isna() | (values % 1 != 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        kind = "a whole number" if whole else "a number"
+        raise damaged(path, f"has {table[column].iloc[row]!r} in column {column}, row {row + 1}, where {kind} belongs")
+    return values.astype("int64") if whole else values.astype(float)
+
+
+def _fraction_problem(path: Path, values: pd.Series, column: str) -> None:
+    outside = values.notna() & ((values < 0) | (values > 1))
+    if outside.any():
+        row = int(np.flatnonzero(outside.to_numpy())[0])
+        raise damaged(path, f"has {values.iloc[row]} in column {column}, row {row + 1}: a fraction must be in [0, 1]")
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """config.json: an object naming this folder's run, its settings ("train"), "dataset" and "parameters"."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
     if not path.exists():
         return None
-    try:
-        lines = path.read_text().splitlines() + ["", ""]
-    except UnicodeDecodeError as error:
-        return RunStatus(UNREADABLE, f"{path} is not a status file ({error}); the next run rewrites it")
-    if lines[0].strip() not in STATES:
-        return RunStatus(
-            UNREADABLE, f"{path} names no known state ({lines[0].strip()[:40]!r}); the next run rewrites it"
-        )
-    return RunStatus(lines[0].strip(), lines[1].strip())
+    config = read_json(path)
+    problem = _config_problem(config, run_dir.name)
+    if problem:
+        raise damaged(path, problem)
+    return config
+
+
+def _config_problem(config: Any, run_id: str) -> str | None:
+    if not isinstance(config, dict):
+        return f"holds a JSON {type(config).__name__}, not an object"
+    missing = [key for key in ("run_id", "train", "dataset", "parameters") if key not in config]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if config["run_id"] != run_id:
+        return f"describes run {config['run_id']!r}, not this folder's {run_id!r}"
+    train, dataset = config["train"], config["dataset"]
+    if not isinstance(train, dict) or not isinstance(dataset, dict):
+        return "has a 'train' or 'dataset' entry that is not an object"
+    if not isinstance(train.get("arch"), str):
+        return f"has train.arch {train.get('arch')!r}, not a network name"
+    for key in ("width", "image_size", *(("seed",) if "seed" in train else ())):
+        if not _is_int(train.get(key)):
+            return f"has train.{key} {train.get(key)!r}, not a whole number"
+    if not isinstance(dataset.get("name"), str) or not _is_int(dataset.get("num_classes")):
+        return "has no dataset.name and whole-number dataset.num_classes"
+    if dataset["num_classes"] < 1 or not _is_int(config["parameters"]) or config["parameters"] < 1:
+        return "has a class count or parameter count below 1"
+    return None
+
+
+def read_split(run_dir: Path) -> dict[str, Any] | None:
+    """split.json: the seed, val_fraction and the disjoint train / validation positions."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.exists():
+        return None
+    split = read_json(path)
+    if not isinstance(split, dict) or any(key not in split for key in ("seed", "val_fraction")):
+        raise damaged(path, "is not an object with seed, val_fraction, train_indices and val_indices")
+    for key in ("train_indices", "val_indices"):
+        positions = split.get(key)
+        if not isinstance(positions, list) or not all(_is_int(item) and item >= 0 for item in positions):
+            raise damaged(path, f"has a {key} that is not a list of positions (whole numbers >= 0)")
+    if not _is_int(split["seed"]) or not _is_number(split["val_fraction"]):
+        raise damaged(path, "has a seed or val_fraction that is not a number")
+    if set(split["train_indices"]) & set(split["val_indices"]):
+        raise damaged(path, "puts some images in both the training and the validation split")
+    return split
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
-    """history.csv as a DataFrame (empty, with the schema's columns, before the first epoch)."""
+    """history.csv as a DataFrame (empty, with the schema's columns, before the first epoch):
+    the schema's columns, a number (or empty) in every cell, epochs 1, 2, ... in order."""
     path = Path(run_dir) / HISTORY_FILE
     if not path.exists():
         return pd.DataFrame(columns=HISTORY_COLUMNS)
-    try:
-        history = pd.read_csv(path)
-    except (UnicodeDecodeError, ValueError) as error:  # pandas' ParserError is a ValueError
-        raise RunFileError(
-            f"{path} is not a readable history ({type(error).__name__}); "
-            "training the run again rewrites it from the checkpoint"
-        ) from error
+    history = _read_table(path)
     if list(history.columns) in (HISTORY_COLUMNS_BEFORE_TIMING, HISTORY_COLUMNS_BEFORE_TAIL):
         history = history.reindex(columns=HISTORY_COLUMNS)
     if list(history.columns) != HISTORY_COLUMNS:
-        raise RunFileError(
-            f"{path} has columns {list(history.columns)}, not {HISTORY_COLUMNS}; "
-            "training the run again rewrites it from the checkpoint"
-        )
+        raise damaged(path, f"has columns {list(history.columns)[:12]}, not {HISTORY_COLUMNS}")
+    if history.empty:
+        return history
+    for column in HISTORY_COLUMNS:
+        history[column] = _numbers(path, history, column, whole=column == "epoch")
+    if history["epoch"].tolist() != list(range(1, len(history) + 1)):
+        raise damaged(path, f"has epochs {history['epoch'].tolist()[:10]}, not 1, 2, ... in order")
+    for column in ("train_acc", "val_acc"):
+        _fraction_problem(path, history[column], column)
     return history
+
+
+def read_per_class(run_dir: Path, num_classes: int | None = None) -> pd.DataFrame | None:
+    """per_class.csv: one row per class (``num_classes`` when given), class_index 0, 1, ...,
+    0 <= correct <= support, accuracy = correct / support."""
+    path = Path(run_dir) / PER_CLASS_FILE
+    if not path.exists():
+        return None
+    raw = _read_table(path, dtype=str, keep_default_na=False)
+    if list(raw.columns) != PER_CLASS_COLUMNS:
+        raise damaged(path, f"has columns {list(raw.columns)[:12]}, not {PER_CLASS_COLUMNS}")
+    if raw.empty:
+        raise damaged(path, "has no rows")
+    table = pd.DataFrame({"class_name": raw["class_name"].astype(str)})
+    for column in ("class_index", "support", "correct"):
+        table[column] = _numbers(path, raw, column, whole=True)
+    table["accuracy"] = _numbers(path, raw, "accuracy")
+    table = table[PER_CLASS_COLUMNS]
+    if num_classes is not None and len(table) != num_classes:
+        raise damaged(path, f"has {len(table)} rows, not one per class ({num_classes})")
+    if table["class_index"].tolist() != list(range(len(table))):
+        raise damaged(path, "has class_index values other than 0, 1, 2, ... in order")
+    counts_ok = (table["support"] >= 0) & (table["correct"] >= 0) & (table["correct"] <= table["support"])
+    expected = table["correct"] / table["support"].clip(lower=1)
+    if not counts_ok.all() or not np.allclose(table["accuracy"], expected, rtol=0, atol=1e-6):
+        row = int(np.flatnonzero(~(counts_ok & np.isclose(table["accuracy"], expected, rtol=0, atol=1e-6)))[0])
+        raise damaged(path, f"row {row + 1}: support, correct and accuracy do not agree")
+    return table
+
+
+def read_test_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """test_metrics.json: ``{"last": ..., "best": ...}``, each null or {top1, top5, loss, epoch}."""
+    path = Path(run_dir) / TEST_METRICS_FILE
+    if not path.exists():
+        return None
+    metrics = read_json(path)
+    if not isinstance(metrics, dict) or set(metrics) != {"last", "best"}:
+        keys = sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__
+        raise damaged(path, f"has {keys}, not the keys 'last' and 'best'")
+    for model, entry in metrics.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or set(entry) != set(METRIC_KEYS):
+            raise damaged(path, f"has a {model!r} entry that is not {{{', '.join(METRIC_KEYS)}}}")
+        if not all(_is_number(entry[key]) for key in ("top1", "top5", "loss")):
+            raise damaged(path, f"has a non-number in {model!r}")
+        if not _is_int(entry["epoch"]) or entry["epoch"] < 1:
+            raise damaged(path, f"has {model!r} epoch {entry['epoch']!r}, not a whole number >= 1")
+        for key in ("top1", "top5"):
+            value = float(entry[key])
+            if math.isfinite(value) and not 0 <= value <= 1:
+                raise damaged(path, f"has {model!r} {key} {value}: a fraction must be in [0, 1]")
+    return metrics
+
+
+def read_examples(run_dir: Path, num_classes: int | None = None) -> dict[str, np.ndarray] | None:
+    """class_examples.npz: uint8 NHWC images with 3 channels, and as many integer labels and predictions."""
+    path = Path(run_dir) / EXAMPLES_FILE
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("an .npy array, not an .npz archive")
+            examples = {key: archive[key] for key in archive.files}
+    except Exception as error:  # BadZipFile, EOFError, zlib.error, ValueError, OSError: any damage
+        raise damaged(path, f"is not a readable .npz archive ({_read_error(error)})") from error
+    missing = [key for key in EXAMPLE_KEYS if key not in examples]
+    if missing:
+        raise damaged(path, f"lacks {', '.join(missing)}")
+    images, labels, predictions = (examples[key] for key in EXAMPLE_KEYS)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise damaged(path, f"has images {images.dtype} {images.shape}, not uint8 (N, H, W, 3)")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.ndim != 1 or len(values) != len(images) or not np.issubdtype(values.dtype, np.integer):
+            raise damaged(path, f"has {name} {values.dtype} {values.shape}, not {len(images)} whole numbers")
+        if len(values) and (values.min() < 0 or (num_classes is not None and values.max() >= num_classes)):
+            raise damaged(path, f"has {name} outside the classes 0..{(num_classes or 0) - 1}")
+    return examples
+
+
+def _status_problem(path: Path) -> str | None:
+    """What is wrong with a status file that exists, or None."""
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError) as error:
+        return f"is not a status file ({_read_error(error)})"
+    first = (text.splitlines() or [""])[0].strip()
+    if first not in STATES:
+        return f"names no known state ({first[:40]!r})"
+    if len(text.splitlines()) != 2 or not text.endswith("\n"):  # write_status writes both lines, whole
+        return "is cut short or has extra lines (a state line and a reason line, each ending in a line break)"
+    return None
+
+
+def read_status(run_dir: Path) -> RunStatus | None:
+    """The run's status, or None when the run has not started; a damaged file reads as the state
+    UNREADABLE, its reason naming the file and what is wrong."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
+        return None
+    problem = _status_problem(path)
+    if problem:
+        return RunStatus(UNREADABLE, f"{path} {problem}; the next run rewrites it")
+    lines = path.read_text().splitlines() + ["", ""]
+    return RunStatus(lines[0].strip(), lines[1].strip())
 
 
 @dataclass
 class Run:
-    """One run directory, read back: the only reader of its files (fit(), the figures, the statistics)."""
+    """One run directory, read back and validated: the only reader of its files (fit(), the
+    figures, the statistics)."""
 
     run_dir: Path
     config: dict[str, Any] | None  # None until the run has written config.json
@@ -255,6 +505,8 @@ class Run:
     history: pd.DataFrame
     test_metrics: dict[str, Any] | None
     per_class: pd.DataFrame | None
+    split: dict[str, Any] | None = None
+    class_examples: dict[str, np.ndarray] | None = None
 
     @property
     def run_id(self) -> str:
@@ -284,6 +536,10 @@ class Run:
         return (self.config or {}).get("dataset", {}).get("name") or self._train("dataset")
 
     @property
+    def num_classes(self) -> int | None:
+        return (self.config or {}).get("dataset", {}).get("num_classes")
+
+    @property
     def parameters(self) -> int | None:
         return (self.config or {}).get("parameters")
 
@@ -293,26 +549,118 @@ class Run:
 
     def examples(self) -> dict[str, Any] | None:
         """class_examples.npz: a few test images per class, their labels and the last model's predictions."""
-        path = self.run_dir / EXAMPLES_FILE
-        if not path.exists():
-            return None
-        with np.load(path) as archive:
-            return {key: archive[key] for key in archive.files}
+        return self.class_examples
+
+
+def _inspect(run_dir: Path) -> tuple[Run | None, list[RunFileError]]:
+    """Read every file of a run directory; (the run, or None if a file is damaged; every problem)."""
+    run_dir = Path(run_dir)
+    problems: list[RunFileError] = []
+
+    def attempt(read: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return read()
+        except RunFileError as error:
+            problems.append(error)
+            return default
+
+    status = read_status(run_dir)
+    if status is not None and status.state == UNREADABLE:
+        path = run_dir / STATUS_FILE
+        problems.append(RunFileError(status.reason, path, status.reason.split("; the next run")[0]))
+    config = attempt(lambda: read_config(run_dir))
+    num_classes = (config or {}).get("dataset", {}).get("num_classes")
+    split = attempt(lambda: read_split(run_dir))
+    history = attempt(lambda: read_history(run_dir))
+    metrics = attempt(lambda: read_test_metrics(run_dir))
+    per_class = attempt(lambda: read_per_class(run_dir, num_classes))
+    examples = attempt(lambda: read_examples(run_dir, num_classes))
+    if config is not None and split is not None:
+        train = config["train"]
+        if (
+            train.get("seed", 0) != split["seed"]
+            or train.get("val_fraction", split["val_fraction"]) != split["val_fraction"]
+        ):
+            problems.append(damaged(run_dir / SPLIT_FILE, "has another seed or val_fraction than config.json"))
+    if status is not None and status.finished:
+        problems += _finished_problems(run_dir, status, history, metrics)
+    if problems:
+        return None, problems
+    run = Run(
+        run_dir=run_dir,
+        config=config,
+        status=status or RunStatus("failed", "no status file"),
+        history=history,
+        test_metrics=metrics,
+        per_class=per_class,
+        split=split,
+        class_examples=examples,
+    )
+    return run, []
+
+
+def _finished_problems(
+    run_dir: Path, status: RunStatus, history: pd.DataFrame | None, metrics: dict | None
+) -> list[RunFileError]:
+    """What a finished run (complete, early-stopped, diverged) lacks: every file it writes, with
+    results that fit its history. Files already found damaged are not named again."""
+
+    def missing(name: str) -> RunFileError:
+        return damaged(run_dir / name, f"is missing, though the run's status is {status.state}")
+
+    problems = [missing(name) for name in FINISHED_RUN_FILES if not (run_dir / name).exists()]
+    if history is not None and (run_dir / HISTORY_FILE).exists() and history.empty:
+        problems.append(damaged(run_dir / HISTORY_FILE, f"has no epoch, though the run's status is {status.state}"))
+    elif history is not None and status.state != "diverged":  # a non-finite loss would have made it diverged
+        measured = history[list(MEASURED_COLUMNS)]
+        blank = ~np.isfinite(measured.to_numpy(dtype=float))
+        if blank.any():
+            row, column = (int(index[0]) for index in np.nonzero(blank))
+            problems.append(
+                damaged(
+                    run_dir / HISTORY_FILE,
+                    f"has no finite {MEASURED_COLUMNS[column]} in row {row + 1}, which a {status.state} run has",
+                )
+            )
+    if metrics is None:
+        return problems
+    if metrics["last"] is None and status.state != "diverged":
+        problems.append(
+            damaged(run_dir / TEST_METRICS_FILE, f"has no last-model result, which a {status.state} run has")
+        )
+    if history is not None and not history.empty:
+        epochs = len(history)
+        if metrics["last"] is not None and metrics["last"]["epoch"] != epochs:
+            problems.append(
+                damaged(
+                    run_dir / TEST_METRICS_FILE,
+                    f"scores the model of epoch {metrics['last']['epoch']}, but history.csv has {epochs} epochs",
+                )
+            )
+        if metrics["best"] is not None and metrics["best"]["epoch"] > epochs:
+            problems.append(
+                damaged(run_dir / TEST_METRICS_FILE, f"has a best epoch after the last of history.csv ({epochs})")
+            )
+    if metrics["last"] is not None or metrics["best"] is not None:  # then the test pass wrote these too
+        problems += [missing(name) for name in TEST_PASS_FILES if not (run_dir / name).exists()]
+    return problems
+
+
+def run_file_problems(run_dir: Path) -> list[RunFileError]:
+    """Every damaged file of a run directory, and every file its finished status needs but lacks."""
+    return _inspect(run_dir)[1]
 
 
 def read_run(run_dir: Path) -> Run:
-    """Every file of a run directory that exists; a run without a status file counts as failed."""
-    run_dir = Path(run_dir)
-    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / TEST_METRICS_FILE
-    per_class_path = run_dir / PER_CLASS_FILE
-    return Run(
-        run_dir=run_dir,
-        config=read_json(config_path) if config_path.exists() else None,
-        status=read_status(run_dir) or RunStatus("failed", "no status file"),
-        history=read_history(run_dir),
-        test_metrics=read_json(metrics_path) if metrics_path.exists() else None,
-        per_class=pd.read_csv(per_class_path, dtype={"class_name": str}) if per_class_path.exists() else None,
-    )
+    """Every file of a run directory that exists, each validated; a run without a status file
+    counts as failed. RunFileError (naming the file and the cause) for any damaged file, or for
+    a finished run that lacks a file or whose files disagree."""
+    run, problems = _inspect(run_dir)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise RunFileError(f"{first.cause}{more}; {REBUILD_ADVICE}", first.path, first.cause)
+    return run
 
 
 # --- write errors in one line -----------------------------------------------------------------
@@ -347,6 +695,19 @@ _CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EFBIG: "file too large for the file system",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EISDIR: "a folder of that name is in the way",
+    errno.ENOTDIR: "a file stands where a folder belongs",
+}
+# Write failures that free space would not fix, and what would.
+_FREE_SPACE = "free space or choose another --results-dir"
+_NOT_ABOUT_SPACE = {
+    errno.EROFS: "choose another --results-dir",
+    errno.EACCES: "choose another --results-dir",
+    errno.EPERM: "choose another --results-dir",
+    errno.ENAMETOOLONG: "choose a shorter --results-dir",
+    errno.EISDIR: "move that folder away (training again then writes the file)",
+    errno.ENOTDIR: "move the file that stands where a folder belongs away, or choose another --results-dir",
 }
 # What torch.save raises when a write fails inside its zip writer (its C++ stream hides errno).
 _TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing file", "file write failed", "iostream error")
@@ -391,8 +752,9 @@ def describe_write_error(path: Path | str, error: BaseException, needed_bytes: i
         cause = "no space left on device" if full else f"the write failed ({type(error).__name__}: {text})"
     else:
         cause = f"{type(error).__name__}: {text}"
-    if os_error is not None and os_error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        advice = "choose another --results-dir"
-    else:
-        advice = "free space or choose another --results-dir"
-    return f"could not write {path}: {cause}{space_text}; {advice}"
+    code = os_error.errno if os_error is not None else None
+    if code in _NOT_ABOUT_SPACE:  # the free space is beside the point: not shown, not blamed
+        space_text = ""
+    if code == errno.ENAMETOOLONG:
+        cause = f"file name too long (the path has {len(os.fsencode(str(path)))} bytes)"
+    return f"could not write {path}: {cause}{space_text}; {_NOT_ABOUT_SPACE.get(code, _FREE_SPACE)}"

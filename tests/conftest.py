@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -10,6 +11,12 @@ from cifar_fixture import write_cifar100_fixture
 from torchvision.datasets import CIFAR100
 
 from hrsnet.config import TrainConfig
+
+# Started in the background (nohup, `&`, some CI runners), this process inherits SIGINT ignored,
+# and so would every child it starts: no Ctrl-C test could then see a KeyboardInterrupt. Each test
+# process takes Python's own handler, as in a terminal; the tests of an inherited SIG_IGN set it
+# themselves (test_pipeline.py).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # run_tests.sh runs two workers on the 2 cores: one torch thread each, or they oversubscribe.

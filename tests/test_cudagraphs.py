@@ -99,6 +99,43 @@ def test_graph_replay_matches_eager_on_cuda():
         assert abs(loss.item() - expected.item()) <= 1e-3 * abs(expected.item())
 
 
+def _two_steps_on_one_batch(device: torch.device, capture: bool, augment: bool):
+    """Logits of two steps on the same batch with lr 0 (the weights stay; train-mode BatchNorm
+    uses the batch's statistics): equal unless the augmentation draws anew each step."""
+    model, _, images, labels = _model_and_data()
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    images, labels = images.to(device), labels.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    index = torch.arange(8, device=device)
+    share = BatchShare(images, labels, index, generator)
+    graphed = cudagraphs.GraphedTrainStep(model, optimizer, share, StepSettings(32, augment=augment), capture=capture)
+    first = graphed.step(index)[1].clone()
+    second = graphed.step(index)[1].clone()
+    return first, second
+
+
+def test_augmentation_draws_anew_at_every_step_of_the_graphs_twin():
+    """The graph's eager twin on a CPU: each step draws a new crop and flip from the run's
+    generator (two steps on one batch differ), and without augmentation they are equal."""
+    first, second = _two_steps_on_one_batch(torch.device("cpu"), capture=False, augment=True)
+    assert not torch.allclose(first, second)
+    first, second = _two_steps_on_one_batch(torch.device("cpu"), capture=False, augment=False)
+    torch.testing.assert_close(first, second)
+
+
+@needs_cuda
+def test_augmented_graph_replay_draws_anew_on_cuda():
+    """A captured step with augmentation on the run's own CUDA generator: each replay draws new
+    crops and flips (a draw baked into the graph would repeat), and the losses stay finite."""
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        pytest.skip(f"torch {torch.__version__} cannot register a run's own generator with a graph")
+    first, second = _two_steps_on_one_batch(torch.device("cuda"), capture=True, augment=True)
+    assert torch.isfinite(first).all() and not torch.allclose(first, second)
+    first, second = _two_steps_on_one_batch(torch.device("cuda"), capture=True, augment=False)
+    torch.testing.assert_close(first, second)
+
+
 def test_resolve_cuda_graphs_switch_and_reasons(monkeypatch):
     """auto/on/off for a training run: off is off; auto says why not; on where graphs cannot
     work is a one-line ValueError naming why (the command line's error)."""

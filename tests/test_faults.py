@@ -174,7 +174,10 @@ def test_a_finished_run_missing_its_metrics_is_repaired_from_the_checkpoint(tmp_
     history = config.run_dir() / rundir.HISTORY_FILE
     history.write_text("\n".join(history.read_text().splitlines()[:-1]) + "\n")  # one epoch short
     check = check_run(config.run_dir())
-    assert "complete but test_metrics.json is missing" in check.problems
+    assert (
+        f"{config.run_dir() / rundir.TEST_METRICS_FILE} is missing, though the run's status is complete"
+        in check.problems
+    )
     assert "history.csv has 1 epochs, the checkpoint 2" in check.problems
     repaired = fit(config)
     assert repaired.test_metrics == first.test_metrics and len(repaired.history) == 2
@@ -185,7 +188,7 @@ def test_a_finished_run_without_a_checkpoint_cannot_resume(tmp_path):
     fit(config)
     (config.run_dir() / rundir.TEST_METRICS_FILE).unlink()
     (config.run_dir() / rundir.LAST_CHECKPOINT).unlink()
-    with pytest.raises(CheckpointError, match="cannot resume .* rerun with --force"):
+    with pytest.raises(CheckpointError, match="cannot resume: no checkpoint .* rerun with --force"):
         fit(config)
     assert fit(config, force=True).status.state == "complete"
 
@@ -212,8 +215,8 @@ def test_runs_marks_a_stale_lock_and_what_a_rerun_does(tmp_path, capsys):
 
 def test_figures_leave_out_unreadable_and_edited_runs_and_draw_the_rest(tmp_path):
     results = tmp_path / "results"
-    official, hrnet, hrsnet = experiments.profile_runs("smoke", results)
-    for config in (official, hrnet, hrsnet):
+    official, hrnet, hrsnet, *others = experiments.profile_runs("smoke", results)
+    for config in (official, hrnet, hrsnet, *others):
         write_fixture_run(config, "complete", 3)
     config_json = hrnet.run_dir() / rundir.CONFIG_FILE
     config_json.write_text(config_json.read_text()[:50])  # truncated
@@ -224,8 +227,8 @@ def test_figures_leave_out_unreadable_and_edited_runs_and_draw_the_rest(tmp_path
     text = report.collection.describe()
     assert f"left out, unreadable: {hrnet.run_id} ({config_json} is not readable JSON" in text
     assert f"left out, unreadable: {hrsnet.run_id} ({hrsnet.run_dir() / 'config.json'} describes run" in text
-    assert [run.run_id for run in report.collection.runs] == [official.run_id]
-    assert sorted(report.table["status"]) == ["complete", "unreadable", "unreadable"]
+    assert [run.run_id for run in report.collection.runs] == [official.run_id] + [run.run_id for run in others]
+    assert sorted(report.table["status"]) == ["complete"] * (1 + len(others)) + ["unreadable", "unreadable"]
     assert all(path.stat().st_size > 0 for path in report.figures)
 
 

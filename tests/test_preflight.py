@@ -355,10 +355,13 @@ def test_check_disk_space_on_a_tiny_disk(tiny_disk):
     ],
 )
 def test_describe_write_error_names_file_and_cause(tmp_path, code, cause):
+    """Space is named (free, needed) only where it can be the cause: not for a read-only disk or a
+    denied permission, where freeing space would not help."""
     path = tmp_path / "runs" / "x" / "last.pt"
     message = describe_write_error(path, OSError(code, os.strerror(code)), needed_bytes=40_000_000)
-    assert message.startswith(f"could not write {path}: {cause} (")
-    assert "a checkpoint needs about 40 MB" in message and "\n" not in message
+    about_space = code in (errno.ENOSPC, errno.EDQUOT)
+    assert message.startswith(f"could not write {path}: {cause}{' (' if about_space else ';'}")
+    assert ("a checkpoint needs about 40 MB" in message) == about_space and "\n" not in message
     assert message.endswith("--results-dir")
 
 

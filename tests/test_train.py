@@ -49,13 +49,13 @@ def test_adam_is_the_reports_text():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (dict(arch="resnet"), "arch must be one of hrnet_official, hrnet, hrsnet"),
+        (dict(arch="resnet"), "arch must be one of hrnet_official, hrnet, hrsnet, hrsnet_skip"),
         (dict(optimizer="rmsprop"), "optimizer must be one of sgd, adam"),
         (dict(width=0), "width must be an integer >= 1"),
         (dict(epochs=0), "epochs must be an integer >= 1"),
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
         (dict(patience=-1), "patience must be an integer >= 0"),
-        (dict(dataset="imagenet"), "dataset must be one of cifar100, digits"),
+        (dict(dataset="imagenet"), "dataset must be one of cifar100, cifar10, digits"),
         (dict(image_size=16), "image_size must be an integer >= 32"),
         (dict(lr=0), "lr must be a finite number > 0; got 0"),
         (dict(lr=float("inf")), "lr must be a finite number > 0; got inf"),
@@ -137,7 +137,7 @@ def test_a_changed_network_gets_a_new_run_id(monkeypatch):
     from hrsnet.models import registry
 
     before = TrainConfig(arch="hrsnet").run_id
-    monkeypatch.setitem(registry.PRESETS, "hrsnet", dataclasses.replace(registry.PRESETS["hrsnet"], revision=3))
+    monkeypatch.setitem(registry.PRESETS, "hrsnet", dataclasses.replace(registry.PRESETS["hrsnet"], revision=4))
     assert TrainConfig(arch="hrsnet").run_id != before
     assert TrainConfig(arch="hrnet").identity()["network_revision"] == registry.PRESETS["hrnet"].revision
 

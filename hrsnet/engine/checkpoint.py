@@ -26,16 +26,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, of another format, or from a different run."""
 
 
+class ForeignCheckpointError(CheckpointError):
+    """A checkpoint of another run (copied or moved into this run's folder)."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any], needed_bytes: int | None = None) -> None:
     """torch.save through rundir.atomic_write: the old file or the complete new one, never half."""
     rundir.atomic_write(path, lambda stream: torch.save(state, stream), binary=True, needed_bytes=needed_bytes)
 
 
-def load_checkpoint_file(path: Path, run_id: str | None = None, keys: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+# What last.pt holds for a run to resume from it (Trainer.checkpoint_state).
+RESUME_KEYS = ("model", "optimizer", "early_stopping", "history", "best_checkpoint", "stop", "rng")
+
+
+def load_checkpoint_file(
+    path: Path, run_id: str | None = None, keys: tuple[str, ...] = ("model",), mmap: bool = False
+) -> dict[str, Any]:
     """torch.load with weights_only=True; a clear CheckpointError when corrupt, of another format,
-    without one of ``keys``, or (with ``run_id``) from another run."""
+    without one of ``keys``, or (with ``run_id``) from another run. ``mmap``: the tensors are
+    mapped, not read (a check of the other keys costs no weight reads)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}); "
@@ -47,7 +58,7 @@ def load_checkpoint_file(path: Path, run_id: str | None = None, keys: tuple[str,
             "delete it or rerun with --force"
         )
     if run_id is not None and state.get("run_id") != run_id:
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {run_id!r}; "
             "move it away or rerun with --force"
         )

@@ -40,8 +40,11 @@ from .step import BatchShare, StepSettings, train_step
 
 WARMUP_STEPS = 3  # the documented recipe's eager warm-up iterations before capture
 
-# ``--cuda-graphs auto`` turns graphs on only once they are measured to win in the real loop
-# on a GPU (scripts/gpu_session.sh loop: loop.csv); no GPU session has run yet.
+# ``--cuda-graphs auto`` turns graphs on only once they are measured to win in the real loop on
+# a GPU. The switch is set by hand from loop.csv (scripts/gpu_session.sh, step 3: fit() at 224px,
+# batch 16, hrnet_official C=18, timed on epoch 2): True when the `graphs` row's images_per_second
+# is at least hrsnet.tools.targets.GRAPHS_WIN_SPEEDUP (1.1) times the `eager` row's
+# (`python -m hrsnet bench --targets FOLDER` prints the decision). Not measured yet: False.
 GRAPHS_WIN_MEASURED = False
 
 

@@ -26,6 +26,7 @@ from .. import rundir
 from ..config import TrainConfig
 from ..data import DATASET_LABELS, DatasetSplits, Split
 from ..models import create_model
+from ..models.pretrained import initialise
 from ..provenance import environment_info
 from ..rundir import RunStatus
 from ..runtime import (
@@ -38,6 +39,7 @@ from ..runtime import (
 )
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    RESUME_KEYS,
     CheckpointError,
     cuda_rng_state,
     load_checkpoint_file,
@@ -156,6 +158,10 @@ class Trainer:
         )
         torch.manual_seed(config.seed)
         self.model = self.build_model()
+        # --init timm: ImageNet weights (all but the classifier). Here, at construction, so that
+        # a failure (no timm, offline) comes before --force deletes a run's files; a resumed run
+        # then takes its checkpoint's weights over them.
+        self.init_details = initialise(self.model, config.init, config.arch, config.width)
         self.step_model = step_model(self.model, config)
         # Adam's step goes into a CUDA graph only when capturable (SGD's always can).
         self.optimizer = config_optimizer(config, self.model.parameters(), device, capturable=self.cuda_graphs)
@@ -208,6 +214,7 @@ class Trainer:
 
     def finish_epoch(self, epoch: int, train_row: dict[str, float]) -> None:
         """After training epoch ``epoch``: validate (unless diverged), record, checkpoint, log."""
+        self.check_run_folder(epoch)
         config = self.config
         row = {"epoch": epoch, **train_row}
         started = time.perf_counter()
@@ -225,6 +232,7 @@ class Trainer:
 
     def finish(self) -> None:
         """Training is over: test the last and best models, write the final status."""
+        self.check_run_folder()
         if self.status is None:  # resumed a run whose last epoch was already done
             self.status = RunStatus("complete", f"reached the epoch limit ({self.config.epochs})")
         self.write_test_outputs()
@@ -317,10 +325,11 @@ class Trainer:
                 {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": self.model.state_dict()},
             )
         elif stopping.should_stop:
+            waited = stopping.epochs_without_improvement
             self.status = RunStatus(
                 "early-stopped",
-                f"validation loss did not improve for {stopping.patience} "
-                f"epochs (best {stopping.best_loss:.4f} at epoch {stopping.best_epoch})",
+                f"validation loss did not improve for {waited} epoch{'' if waited == 1 else 's'} "
+                f"(patience {stopping.patience}; best {stopping.best_loss:.4f} at epoch {stopping.best_epoch})",
             )
         return {"val_loss": val.loss, "val_acc": val.top1}
 
@@ -343,6 +352,7 @@ class Trainer:
         if last_checkpoint.exists():
             self.load_checkpoint(last_checkpoint)
             _log(f"[{self.config.run_id}] resuming after epoch {self.epoch}", self.config.quiet)
+            self.check_run_folder()  # a config.json or split.json lost since is written again
         else:
             self.write_run_files()
         self.remove_stale_best_checkpoints()
@@ -350,20 +360,46 @@ class Trainer:
         rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
         rundir.write_status(self.run_dir, self.progress_status())
 
+    def check_run_folder(self, epoch: int | None = None) -> None:
+        """Before the run's files are written: stop if the run folder was removed (the files
+        written next would recreate it, a run without its config that looks finished); write
+        config.json and split.json again if they went missing or were damaged since."""
+        if not self.run_dir.is_dir():
+            lost = f"epoch {epoch} was trained but not saved" if epoch is not None else "nothing was lost"
+            raise rundir.RunFileError(
+                f"run folder {self.run_dir} was removed while the run trained ({lost}); stopped without "
+                "recreating it; run the same command again to start the run over",
+                self.run_dir,
+            )
+        for name, read, write in (
+            (rundir.CONFIG_FILE, rundir.read_config, self.write_config_file),
+            (rundir.SPLIT_FILE, rundir.read_split, self.write_split_file),
+        ):
+            try:
+                found = read(self.run_dir) is not None
+                cause = "is missing"
+            except rundir.RunFileError as error:
+                found, cause = False, error.cause.removeprefix(str(self.run_dir / name) + " ")
+            if not found:
+                write()
+                _log(f"[{self.config.run_id}] {name} {cause}; written again from the run's settings", self.config.quiet)
+
     def progress_status(self) -> RunStatus:
         return RunStatus("running", f"epoch {self.epoch} of at most {self.config.epochs} done")
 
     def save_epoch(self) -> None:
         """Best checkpoint (already written), then last (which names it), then history, then status:
-        a crash between any two leaves a state that resumes to the same result."""
-        started = time.perf_counter()
-        save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, self.checkpoint_state(), self.checkpoint_bytes)
-        if self.history:  # for history.csv; the checkpoint was written before its time was known
-            self.history[-1]["checkpoint_seconds"] = time.perf_counter() - started
-        self.saved_epochs = self.epoch
-        self.remove_stale_best_checkpoints()
-        rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
-        rundir.write_status(self.run_dir, self.progress_status())
+        a crash between any two leaves a state that resumes to the same result. Ctrl-C and SIGTERM
+        wait until all are written: the "interrupted after epoch N" they lead to is then exact."""
+        with rundir.interrupts_deferred():
+            started = time.perf_counter()
+            save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, self.checkpoint_state(), self.checkpoint_bytes)
+            if self.history:  # for history.csv; the checkpoint was written before its time was known
+                self.history[-1]["checkpoint_seconds"] = time.perf_counter() - started
+            self.saved_epochs = self.epoch
+            self.remove_stale_best_checkpoints()
+            rundir.write_csv(self.run_dir / rundir.HISTORY_FILE, self.history, rundir.HISTORY_COLUMNS)
+            rundir.write_status(self.run_dir, self.progress_status())
 
     def remove_stale_best_checkpoints(self) -> None:
         for path in self.run_dir.glob("best_epoch*.pt"):
@@ -371,6 +407,10 @@ class Trainer:
                 path.unlink(missing_ok=True)
 
     def write_run_files(self) -> None:
+        self.write_config_file()
+        self.write_split_file()
+
+    def write_config_file(self) -> None:
         config, data = self.config, self.data
         rundir.write_json(
             self.run_dir / rundir.CONFIG_FILE,
@@ -379,14 +419,16 @@ class Trainer:
                 "identity": config.identity(),
                 "train": dataclasses.asdict(config),
                 "model": self.model.config.to_dict(),
+                "init": self.init_details,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dataset": {
                     "name": data.name,
-                    "label": DATASET_LABELS[data.name],
+                    "label": data.label or DATASET_LABELS[data.name],
                     "num_classes": data.num_classes,
                     "train_size": len(data.train),
                     "val_size": len(data.val),
                     "test_size": len(data.test),
+                    **data.details,  # how it was split and read (hrsnet.data), e.g. images converted to RGB
                 },
                 "resolved": {
                     "device": str(self.device),
@@ -404,6 +446,9 @@ class Trainer:
                 "environment": environment_info(self.device),
             },
         )
+
+    def write_split_file(self) -> None:
+        config, data = self.config, self.data
         rundir.write_json(
             self.run_dir / rundir.SPLIT_FILE,
             {
@@ -437,8 +482,7 @@ class Trainer:
         }
 
     def load_checkpoint(self, path: Path) -> None:
-        keys = ("model", "optimizer", "early_stopping", "history", "best_checkpoint", "stop", "rng")
-        self.load_state(load_checkpoint_file(path, self.config.run_id, keys), f"checkpoint {path}")
+        self.load_state(load_checkpoint_file(path, self.config.run_id, RESUME_KEYS), f"checkpoint {path}")
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Take over a ``checkpoint_state()``: model, optimizer, early stopping, history, RNGs."""

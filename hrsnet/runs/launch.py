@@ -1,13 +1,21 @@
 """Launching runs: ``fit`` (one run), ``fit_seeds`` (the seeds of one network x C, optionally
 packed) and the torchrun path. Each picks how its runs are trained (plain, packed, or one of
 several processes) and holds every run's lock around its lifecycle (hrsnet.runs.lifecycle).
+
+While they train, SIGTERM (what ``kill`` and Slurm send) stops training as Ctrl-C does: the
+run is marked "interrupted after epoch N; run again to resume" and ``Terminated`` (a
+KeyboardInterrupt) is raised; the command line then exits with 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,61 @@ from . import preflight
 from .lifecycle import finish_run, load_run_data, log, open_run, train_guarded
 from .lock import RunLock, RunLockedError
 
-__all__ = ["fit", "fit_seeds", "fit_packed", "fit_distributed", "raise_failures"]
+__all__ = ["Terminated", "fit", "fit_seeds", "fit_packed", "fit_distributed", "raise_failures", "sigterm_interrupts"]
+
+# The longest name a run writes in its folder: a temporary file of atomic_write (hrsnet.rundir),
+# ".class_examples.npz.<8 random characters>.tmp".
+LONGEST_FILE_NAME = len(f".{rundir.EXAMPLES_FILE}.") + 8 + len(rundir.TEMP_SUFFIX)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while runs trained: handled as Ctrl-C is (a KeyboardInterrupt)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated in the main thread, once (a second SIGTERM
+    while the first unwinds is left alone, so the statuses still get written); the previous
+    handler is back afterwards. A SIGTERM that the process ignores stays ignored; off the main
+    thread (where no handler can be set) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+    raised = False
+
+    def terminate(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def check_path_length(run_dir: Path) -> None:
+    """ValueError (one line) when the run's files would have paths longer than the system allows,
+    before anything is written (the write would fail with ENAMETOOLONG, mid-run)."""
+    try:
+        folder = rundir.existing_ancestor(Path(run_dir).parent)
+    except OSError:  # a path too long to even look at
+        folder = Path(".")
+    try:
+        path_max, name_max = os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return  # limits unknown here: the write's own error will say
+    longest = len(os.fsencode(str(run_dir))) + 1 + LONGEST_FILE_NAME
+    too_long = [part for part in Path(run_dir).parts if len(os.fsencode(part)) > name_max]
+    if longest >= path_max or too_long:
+        detail = (
+            f"a folder name has {len(os.fsencode(too_long[0]))} bytes, more than the {name_max} allowed"
+            if too_long
+            else f"its files' paths would have up to {longest} bytes, {path_max - 1} are allowed"
+        )
+        raise ValueError(f"results path too long: {str(run_dir)[:60]}... ({detail}); choose a shorter --results-dir")
 
 
 def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
@@ -43,8 +105,9 @@ def fit(config: TrainConfig, force: bool = False) -> rundir.Run:
     if launched_by_torchrun():  # torchrun: this process is one of several training the run together
         return fit_distributed(config, force)
     device = resolve_device(config.device)
+    check_path_length(config.run_dir())
     preflight.check_writable(config.results_dir)
-    with RunLock(config.run_dir()):
+    with sigterm_interrupts(), RunLock(config.run_dir()):
         opened = open_run(config, device, force)
         if isinstance(opened, rundir.Run):
             return opened
@@ -70,14 +133,15 @@ def fit_seeds(configs: Sequence[TrainConfig], force: bool = False, pack: bool = 
     if pack and len(configs) > 1:
         return fit_packed(configs, force)
     results, failures = [], []
-    for config in configs:
-        try:
-            results.append(fit(config, force))
-        except RunLockedError as error:
-            log(f"[{config.run_id}] skipped: {error}", False)
-        except Exception as error:  # the other seeds still train; raised below
-            log(f"[{config.run_id}] FAILED: {type(error).__name__}: {error}", False)
-            failures.append((config, error))
+    with sigterm_interrupts():  # also between the seeds' runs
+        for config in configs:
+            try:
+                results.append(fit(config, force))
+            except RunLockedError as error:
+                log(f"[{config.run_id}] skipped: {error}", False)
+            except Exception as error:  # the other seeds still train; raised below
+                log(f"[{config.run_id}] FAILED: {type(error).__name__}: {error}", False)
+                failures.append((config, error))
     raise_failures(failures)
     return results
 
@@ -97,10 +161,12 @@ def fit_packed(configs: Sequence[TrainConfig], force: bool = False) -> list[rund
     """``hrsnet.train.fit_seeds`` with the seeds packed: each seed's run is locked, checked,
     resumed or skipped as ``fit`` does, then the unfinished ones train as one network."""
     device = resolve_device(configs[0].device)
+    for config in configs:
+        check_path_length(config.run_dir())
     preflight.check_writable(configs[0].results_dir)
     results: list[rundir.Run] = []
     failures: list[tuple[Any, BaseException]] = []
-    with ExitStack() as locks:
+    with sigterm_interrupts(), ExitStack() as locks:
         trainers = []
         for config in configs:
             try:
@@ -124,11 +190,13 @@ def fit_packed(configs: Sequence[TrainConfig], force: bool = False) -> list[rund
 def fit_distributed(config: TrainConfig, force: bool = False) -> rundir.Run:
     """``fit(config, force)`` as one of the processes torchrun started; every process returns
     the run directory as rank 0 read it back."""
-    context = DistContext.start(config.device)
-    try:
-        return _fit(context, config, force)
-    finally:
-        context.close()
+    check_path_length(config.run_dir())
+    with sigterm_interrupts():
+        context = DistContext.start(config.device)
+        try:
+            return _fit(context, config, force)
+        finally:
+            context.close()
 
 
 def _fit(context: DistContext, config: TrainConfig, force: bool) -> rundir.Run:

@@ -365,6 +365,30 @@ def scale_estimate(estimate: dict[str, Any], runs: int) -> dict[str, Any]:
     return scaled
 
 
+def with_data(estimate: dict[str, Any], data_bytes: int) -> dict[str, Any]:
+    """The estimate plus a dataset of ``data_bytes`` held on the same device (hrsnet.data.dataset_bytes)."""
+    if not data_bytes:
+        return estimate
+    combined = dict(estimate, data_bytes=estimate.get("data_bytes", 0) + int(data_bytes))
+    combined["total_bytes"] = estimate["total_bytes"] + int(data_bytes)
+    return combined
+
+
+def check_dataset_memory(data_bytes: int, what: str, device: torch.device | str) -> None:
+    """Refuse a dataset that cannot fit, before it is read: it is decoded on this machine, then
+    held on ``device`` (checked where the available memory is known)."""
+    device = torch.device(device)
+    places = [device] if device.type == "cpu" else [torch.device("cpu"), device]
+    for place in places:
+        available = available_memory(place)
+        if available is not None and data_bytes > available[0]:
+            raise PreflightError(
+                f"the dataset ({what}, as uint8) needs about {format_bytes(data_bytes)} of memory; {available[1]} "
+                f"has {format_bytes(available[0])} available; use fewer images, or a lower --image-size "
+                "for an image folder (it is held at that size)"
+            )
+
+
 def check_memory(estimate: dict[str, Any], device: torch.device | str) -> None:
     """Refuse when the estimate exceeds the memory ``device`` has available (skipped if unknown)."""
     available = available_memory(torch.device(device))
