@@ -1,7 +1,7 @@
-"""Scale-out: run_all.sh's options for it, and the Slurm scripts (scripts/slurm/).
+"""Scale-out on a Slurm cluster: scripts/slurm/ (submit.sh, train_array.sbatch, figures.sbatch).
 
-The end-to-end cases of `run_all.sh --jobs 2` (Ctrl-C with two jobs, GPU pinning, CPU threads per
-job, two run_all.sh on one results folder) are in test_report.py's smoke test, which runs anyway.
+The pool of jobs on one machine (`python -m hrsnet all --jobs N --gpus ...`) and the array task's
+Python side (`all --task INDEX`) are tested in test_pipeline.py, in process.
 """
 
 import json
@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from fixture_runs import write_fixture_run
 
-from hrsnet import profiles as experiments
-from hrsnet import rundir
+from hrsnet import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "scripts" / "slurm"
@@ -31,50 +30,30 @@ def _run(command, env=None, timeout=120):
     )
 
 
-def test_run_all_help_names_the_scaleout_options():
-    result = _run([REPO / "run_all.sh", "--help"], timeout=30)
-    assert result.returncode == 0
-    for option in ("--jobs N", "--gpus LIST", "--seeds N", "--no-train", "scripts/slurm/submit.sh"):
-        assert option in result.stdout, option
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("--jobs", "0"), "--jobs needs a whole number >= 1, got '0'"),
-        (("--seeds", "two"), "--seeds needs a whole number >= 1, got 'two'"),
-        (("--gpus", "0;1"), "--gpus needs GPU indices separated by commas"),
-    ],
-)
-def test_run_all_rejects_bad_scaleout_values(args, message):
-    result = _run([REPO / "run_all.sh", *args], timeout=30)
-    assert result.returncode == 2 and message in result.stderr
-
-
-# --- Slurm ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_array_task_trains_exactly_its_row(tmp_path):
-    """SLURM_ARRAY_TASK_ID=1 trains row 1 of `python -m hrsnet runs --profile smoke` and nothing
-    else, with the CPU threads Slurm gave the task; an index past the last row is refused."""
+def test_array_task_runs_its_row_through_the_pipeline(tmp_path):
+    """train_array.sbatch is `python -m hrsnet all --task $SLURM_ARRAY_TASK_ID` with the script's
+    options: a finished row ends at once (a resubmitted array finishes only what is missing)."""
     results = tmp_path / "results"
-    runs = experiments.profile_runs("smoke", results)
+    target = profiles.profile_runs("smoke", results)[1]
+    write_fixture_run(target, "complete", epochs=2)
     script = SLURM / "train_array.sbatch"
     env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "1"}
     result = _run(["bash", script, "--profile", "smoke", "--results-dir", results], env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    target = runs[1]
-    assert f"[task 1] {target.arch} C=1 seed 0 ({target.run_id}, new)" in result.stdout
-    assert f"seed 0 ({target.run_id}): complete: " in result.stdout
+    assert f"[task 1] {target.arch} C=1 seed 0 ({target.run_id}, complete)" in result.stdout
+    assert f"  seed 0 ({target.run_id}): already finished (complete): reached the epoch limit (2)" in result.stdout
     assert sorted(path.name for path in (results / "runs").iterdir()) == [target.run_id]
-    assert rundir.read_status(target.run_dir()).finished
-    config = json.loads((target.run_dir() / rundir.CONFIG_FILE).read_text())
-    assert config["train"]["seed"] == 0 and config["environment"]["cpu_threads"] == 1
-    assert (results / "notebooks" / f"train_{target.run_id}.ipynb").exists()
 
-    past = _run(["bash", script, "--profile", "smoke", "--results-dir", results], env={"SLURM_ARRAY_TASK_ID": "3"})
-    assert past.returncode == 2 and "profile smoke has no run with index 3 (3 runs)" in past.stderr
+    missing = _run(["bash", script, "--profile", "smoke"], env={"SLURM_ARRAY_TASK_ID": ""}, timeout=30)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "SLURM_ARRAY_TASK_ID must be a row index (0, 1, ...); got ''" in missing.stderr
+
+
+def test_figures_job_is_the_pipeline_without_training(tmp_path):
+    """figures.sbatch hands its options to `python -m hrsnet all --no-train` (a bad one fails there)."""
+    assert 'exec "$PYTHON" -m hrsnet all --no-train "$@"' in (SLURM / "figures.sbatch").read_text()
+    result = _run(["bash", SLURM / "figures.sbatch", "--profile", "fast", "--results-dir", tmp_path], timeout=120)
+    assert result.returncode == 2 and "error: profile must be one of " in result.stderr
 
 
 def _fake_sbatch(tmp_path):
@@ -99,7 +78,7 @@ def _fake_sbatch(tmp_path):
 
 def test_submit_queues_the_array_then_the_figures_after_it(tmp_path):
     env, calls = _fake_sbatch(tmp_path)
-    results = tmp_path / "results"
+    results = tmp_path / "E3 dir" / "résultats"  # a space and a non-ASCII character reach sbatch whole
     result = _run(
         [SLURM / "submit.sh", "--profile", "smoke", "--seeds", "2", "--parallel", "2", "--results-dir", results]
         + ["--", "--partition", "gpu", "--gres=gpu:1"],
@@ -107,8 +86,8 @@ def test_submit_queues_the_array_then_the_figures_after_it(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     train, figures = [json.loads(line) for line in calls.read_text().splitlines()]
-    # smoke with 2 seeds: 3 networks x 2 seeds = rows 0..5, at most 2 at once
-    assert "--parsable" in train and "--array=0-5%2" in train
+    # smoke with 2 seeds: 4 networks x 2 seeds = rows 0..7, at most 2 at once
+    assert "--parsable" in train and "--array=0-7%2" in train
     assert train[train.index("--output") + 1] == f"{results}/slurm/train_%A_%a.out"
     assert train[train.index("--chdir") + 1] == str(REPO)
     script = train.index("scripts/slurm/train_array.sbatch")
@@ -120,7 +99,7 @@ def test_submit_queues_the_array_then_the_figures_after_it(tmp_path):
     script = figures.index("scripts/slurm/figures.sbatch")
     assert figures[script + 1 :][:6] == ["--profile", "smoke", "--results-dir", str(results), "--seeds", "2"]
     assert (results / "slurm").is_dir()
-    assert "training array 4242 (6 runs, 6 not finished; tasks 0-5%2)" in result.stdout
+    assert "training array 4242 (8 runs, 8 not finished; tasks 0-7%2)" in result.stdout
     assert "figures job 4243 after it" in result.stdout
 
 

@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
     cat <<'TXT'
-Usage: scripts/slurm/submit.sh --profile paper|quick|smoke [--seeds N] [--parallel K]
+Usage: scripts/slurm/submit.sh --profile NAME|FILE.toml [--seeds N] [--parallel K]
                                [--results-dir DIR] [--data-dir DIR] [--figures-dir DIR] [--force]
                                [-- SBATCH_OPTIONS...]
 
@@ -41,10 +41,13 @@ if ! command -v sbatch >/dev/null 2>&1; then
     exit 1
 fi
 case "$profile" in
-    paper|quick|smoke) ;;
-    *) echo "error: --profile must be paper, quick or smoke (auto would be resolved on this login node); got '$profile'" >&2
-       exit 2 ;;
+    "" | auto)
+        echo "error: --profile must be a built-in profile or a .toml file (auto would be decided on this login node); got '$profile'" >&2
+        exit 2 ;;
 esac
+if [[ "$profile" == *.toml || "$profile" == */* ]] && [ -f "$profile" ]; then
+    profile="$(cd "$(dirname "$profile")" && pwd)/$(basename "$profile")"  # the jobs run from the repository
+fi
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 absolute() { mkdir -p "$1" && (cd "$1" && pwd); }
