@@ -1,16 +1,11 @@
-"""Profiles, figures, notebooks and run_all.sh: the report end to end."""
+"""Profiles, figures, the report page, notebooks and run_all.sh: the report end to end."""
 
-import dataclasses
+import ast
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,30 +14,36 @@ from fixture_runs import write_fixture_run
 from hrsnet import profiles as experiments
 from hrsnet import rundir
 from hrsnet.__main__ import main
+from hrsnet.analysis import claims as claim_rules
 from hrsnet.analysis import figures as plots
-from hrsnet.analysis import stats
-from hrsnet.runs import fit
-from hrsnet.runs.lock import lock_state
+from hrsnet.analysis import report as pages
+from hrsnet.models import PRESETS, Preset
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURE_STEMS = [
-    "fig6_accuracy",
-    "fig7_train_loss",
-    "official_vs_preactivated_loss",
-    "train_vs_val_loss",
-    "fig8_9_best_worst_classes_hrnet_official",
-    "fig8_9_best_worst_classes_hrnet",
-    "fig8_9_best_worst_classes_hrsnet",
-]
+# What every built-in profile draws (they share paper.toml's figures): one file per figure, one per
+# network for the best/worst classes.
+FIGURE_STEMS = [stem for spec in experiments.PROFILES["smoke"].figures for stem in plots.figure_stems(spec)]
+NETWORKS = experiments.PROFILES["paper"].networks
+# Parameter counts for the parameter claim, so tests need not build models on the meta device.
+ARCHITECTURE = pd.DataFrame(
+    {
+        "network": ["hrnet", "hrnet", "hrsnet", "hrsnet"],
+        "C": [2, 30, 2, 30],
+        "parameters (M)": [10.15, 38.2, 10.18, 45.9],
+    }
+)
+
+
+def label(name):
+    return PRESETS[name].label
 
 
 def test_paper_profile_is_the_released_protocol():
     runs = experiments.profile_runs("paper")
-    assert len(runs) == 27 and len({run.run_id for run in runs}) == 27  # 3 networks x 3 C x 3 seeds
+    assert len(runs) == 36 and len({run.run_id for run in runs}) == 36  # 4 networks x 3 C x 3 seeds
     assert {run.seed for run in runs} == {0, 1, 2}
-    assert {(run.arch, run.width) for run in runs} == {
-        (arch, width) for arch in ("hrnet_official", "hrnet", "hrsnet") for width in (2, 18, 30)
-    }
+    assert {(run.arch, run.width) for run in runs} == {(arch, width) for arch in NETWORKS for width in (2, 18, 30)}
+    assert set(NETWORKS) == {"hrnet_official", "hrnet", "hrsnet", "hrsnet_skip"}
     for run in runs:
         assert (run.dataset, run.image_size, run.batch_size, run.epochs, run.patience) == ("cifar100", 224, 16, 25, 2)
         assert (run.optimizer, run.lr, run.momentum) == ("sgd", 0.005, 0.9)
@@ -51,17 +52,20 @@ def test_paper_profile_is_the_released_protocol():
 def test_quick_and_smoke_profiles_are_small_and_offline(tmp_path):
     for name in ("quick", "smoke"):
         runs = experiments.profile_runs(name, data_dir=tmp_path)
-        assert {run.arch for run in runs} == {"hrnet_official", "hrnet", "hrsnet"}
+        assert {run.arch for run in runs} == set(NETWORKS)
         assert all(run.dataset == "digits" and run.image_size == 32 for run in runs)
     assert all(run.epochs > run.patience for run in experiments.profile_runs("quick"))  # early stopping can act
 
 
-def test_quick_profile_uses_cifar100_when_present(tmp_path):
+def test_the_profile_sets_the_dataset_whatever_files_exist(tmp_path):
+    """The dataset is the profile's, never chosen by which files exist: quick stays on digits with
+    CIFAR-100 present, and its report says so."""
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for name in ("train", "test", "meta"):
         (folder / name).write_bytes(b"")
-    assert {run.dataset for run in experiments.profile_runs("quick", data_dir=tmp_path)} == {"cifar100"}
+    assert {run.dataset for run in experiments.profile_runs("quick", data_dir=tmp_path)} == {"digits"}
+    assert {run.dataset for run in experiments.profile_runs("paper", data_dir=tmp_path)} == {"cifar100"}
 
 
 def test_auto_profile(monkeypatch):
@@ -89,21 +93,22 @@ def test_runs_command_lists_pending_runs(tmp_path, capsys):
     assert captured.err.startswith("profile: smoke")
     rows = [line.split("\t") for line in captured.out.splitlines()]
     assert [row[1] for row in rows] == [run.run_id for run in smoke[1:]]
-    assert [row[0] for row in rows] == ["1", "2"] and {row[-1] for row in rows} == {"start"}
+    assert [row[0] for row in rows] == ["1", "2", "3"] and {row[-1] for row in rows} == {"start"}
     assert main(["runs", "--profile", "smoke", "--results-dir", str(tmp_path), "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(row["index"], row["state"], row["action"]) for row in listed] == [
         (0, "complete", "skip: finished"),
         (1, "new", "start"),
         (2, "new", "start"),
+        (3, "new", "start"),
     ]
     assert set(listed[0]) == {"index", "run_id", "arch", "width", "seed", "state", "action"}
 
 
 @pytest.fixture
 def fixture_results(tmp_path):
-    """Smoke-profile run directories: one complete, one diverged, one partial; plus missing runs."""
-    hrnet_official, hrnet, hrsnet = experiments.profile_runs("smoke", tmp_path / "results")
+    """Smoke-profile run directories: one complete, one diverged, one partial, one missing."""
+    hrnet_official, hrnet, hrsnet, _ = experiments.profile_runs("smoke", tmp_path / "results")
     write_fixture_run(hrnet_official, "complete", 4)
     write_fixture_run(hrnet, "diverged", 3, diverge_at=3)
     write_fixture_run(hrsnet, "running", 2, with_test=False)
@@ -112,33 +117,39 @@ def fixture_results(tmp_path):
 
 def test_figures_from_fixture_runs(fixture_results, tmp_path):
     results, runs = fixture_results
-    report = plots.make_all_figures(results, tmp_path / "figures", "smoke")
+    report = plots.make_all_figures(results, tmp_path / "figures", "smoke", architecture=ARCHITECTURE)
     assert [path.stem for path in report.figures] == FIGURE_STEMS
     for stem in FIGURE_STEMS:
         for suffix in (".png", ".pdf"):
             path = tmp_path / "figures" / "smoke" / f"{stem}{suffix}"
             assert path.stat().st_size > 5000, path
     table = pd.read_csv(tmp_path / "figures" / "smoke" / "results_table.csv")
-    assert list(table["status"]) == ["complete", "diverged", "running"]
+    assert list(table["status"]) == ["complete", "diverged", "running", "missing"]
     assert table.loc[1, "stop reason"].startswith("non-finite training loss")
     assert pd.isna(table.loc[1, "test top-1 (last)"]) and table.loc[1, "test top-1 (best)"] == 0.55
     assert "profile 'smoke'" in (tmp_path / "figures" / "smoke" / "results_table.md").read_text()
     description = report.collection.describe()
     assert "running: " + runs["partial"].run_id in description and "diverged: " + runs["diverged"].run_id in description
+    written = {path.name for path in (tmp_path / "figures" / "smoke").iterdir()}
+    assert {"summary.md", "paired.md", "claims.md", "cost.md", "cost.csv", "figures.json"} <= written
 
 
 def test_missing_runs_are_listed_and_figures_still_render(tmp_path):
-    report = plots.make_all_figures(tmp_path / "empty", tmp_path / "figures", "quick")
-    assert len(report.collection.missing) == 18 and set(report.table["status"]) == {"missing"}
+    report = plots.make_all_figures(tmp_path / "empty", tmp_path / "figures", "quick", architecture=ARCHITECTURE)
+    assert len(report.collection.missing) == 24 and set(report.table["status"]) == {"missing"}
     assert all(path.stat().st_size > 0 for path in report.figures)
     assert "missing: hrnet_official_c2" in report.collection.describe()
+    left_out = report.claims[report.claims["verdict"] == claim_rules.LEFT_OUT]
+    assert len(left_out) == len(report.claims) - 1  # all but the parameter count, which needs no run
+    assert left_out["note"].str.startswith("no finished runs of").all()
 
 
 def test_captions_name_dataset_and_profile(fixture_results):
     results, _ = fixture_results
     collection = plots.collect_runs(results, "smoke")
-    assert collection.caption == "sklearn digits (not CIFAR-100), 32px, profile 'smoke', 1 seed, 2/3 runs finished"
-    fig = plots.plot_train_loss(collection)
+    assert collection.caption == "sklearn digits (not CIFAR-100), 32px, profile 'smoke', 1 seed, 2/4 runs finished"
+    assert collection.profile is not None and collection.profile.name == "smoke"  # the loaded Profile
+    fig = plots.plot_training_loss(collection)
     assert "profile 'smoke'" in fig._suptitle.get_text() and "digits" in fig._suptitle.get_text()
     assert "1 seed" in fig._suptitle.get_text()
 
@@ -149,6 +160,12 @@ def test_released_numbers_only_beside_paper_runs(tmp_path):
     table = plots.results_table(plots.collect_runs(tmp_path, "paper"))
     row = table[(table["network"] == "hrsnet") & (table["C"] == 30)].iloc[0]
     assert row["released top-1"] == 0.5541 and row["released epochs"] == "10 (early stop)"
+    assert row["released (as printed)"] == "55.41%"
+    hrnet = experiments.run_config("paper", "hrnet", 2, tmp_path)
+    write_fixture_run(hrnet, "early-stopped", 10, num_classes=100)
+    table = plots.results_table(plots.collect_runs(tmp_path, "paper"))
+    row = table[(table["network"] == "hrnet") & (table["C"] == 2)].iloc[0]
+    assert row["released (as printed)"] == "60% (printed as a whole percent, truncated)"
     smoke = plots.results_table(plots.collect_runs(tmp_path, "smoke"))
     assert smoke["released top-1"].isna().all() if "released top-1" in smoke else True
 
@@ -157,18 +174,21 @@ def test_released_numbers_only_beside_paper_runs(tmp_path):
 
 SEEDS = (0, 1, 2)
 EPOCHS = 4
-BASE_LOSS = {"hrnet_official": 3.0, "hrnet": 2.0, "hrsnet": 1.5}
+BASE_LOSS = {"hrnet_official": 3.0, "hrnet": 2.0, "hrsnet": 1.5, "hrsnet_skip": 1.4}
 TOP1 = {0: 0.40, 1: 0.50, 2: 0.75}  # per seed, every network x C
-ENVIRONMENT = {"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "git_commit": "0123456789abcdef" * 2}
+ENVIRONMENT = {
+    "device": "cuda:0",
+    "device_name": "NVIDIA H100 80GB HBM3",
+    "git_commit": "0123456789abcdef" * 2,
+    "git_modified": True,
+    "torch": "2.5.1",
+    "python": "3.11.7",
+}
 
 
 def _train_loss(arch: str, seed: int) -> list[float]:
-    """Known per-epoch values: seed s is the base curve plus 0.1 s, so the mean over seeds 0-2 is +0.1."""
-    return [BASE_LOSS[arch] / epoch + 0.1 * seed for epoch in range(1, EPOCHS + 1)]
-
-
-def _true_mean(arch: str) -> list[float]:
-    return [BASE_LOSS[arch] / epoch + 0.1 for epoch in range(1, EPOCHS + 1)]
+    """Known per-epoch values: seed s is the base curve times 1.2^s (the mean of the logs: base x 1.2)."""
+    return [BASE_LOSS[arch] / epoch * 1.2**seed for epoch in range(1, EPOCHS + 1)]
 
 
 # Per-class accuracy of hrnet (4 classes): seed 0 alone ranks class 0 first, the mean over seeds class 1.
@@ -198,7 +218,7 @@ def _write_seeds(results, data_dir, seeds=SEEDS, skip=(), state=None, profile="q
 
 @pytest.fixture
 def seed_results(tmp_path):
-    """The quick profile (3 networks x C in {2, 8}) with 3 finished seeds each, known values."""
+    """The quick profile (4 networks x C in {2, 8}) with 3 finished seeds each, known values."""
     results = tmp_path / "results"
     _write_seeds(results, tmp_path)
     return results, tmp_path
@@ -208,38 +228,62 @@ def _axis_of(fig, title):
     return next(ax for ax in fig.axes if ax.get_title() == title)
 
 
-def test_loss_curves_are_the_seed_mean_with_a_95_band(seed_results):
+def plt_close(fig):
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_loss_curves_are_the_seed_mean_with_a_range_respecting_band(seed_results):
     from matplotlib.collections import PolyCollection
     from scipy import stats as scipy_stats
 
     results, data_dir = seed_results
     collection = plots.collect_runs(results, "quick", data_dir)
     assert [run.seed for run in collection.runs_of("hrnet", 2)] == [0, 1, 2]
-    fig = plots.plot_train_loss(collection)
+    fig = plots.plot_training_loss(collection, ("hrnet", "hrsnet"), "Figure 7")
     ax = _axis_of(fig, "C = 2")
+    half = scipy_stats.t.ppf(0.975, 2) * np.log(1.2) / 3**0.5  # the logs' sd is log(1.2) over 3 seeds
     for arch in ("hrnet", "hrsnet"):
-        label = plots.NETWORK_LABELS[arch]
-        mean = next(line for line in ax.get_lines() if line.get_label() == f"{label} (mean, 3 seeds)")
+        mean = next(line for line in ax.get_lines() if line.get_label() == f"{label(arch)} (mean, 3 seeds)")
         assert list(mean.get_xdata()) == [1, 2, 3, 4]
-        assert mean.get_ydata() == pytest.approx(_true_mean(arch))
+        expected = [np.mean([BASE_LOSS[arch] / epoch * 1.2**seed for seed in SEEDS]) for epoch in range(1, 5)]
+        assert mean.get_ydata() == pytest.approx(expected)
         band = next(c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid() == f"band:{arch}:C=2")
         vertices = band.get_paths()[0].vertices
-        half = scipy_stats.t.ppf(0.975, 2) * 0.1 / 3**0.5  # sd 0.1 over 3 seeds
-        for epoch, true in zip(range(1, EPOCHS + 1), _true_mean(arch)):
+        for epoch in range(1, EPOCHS + 1):
+            center = BASE_LOSS[arch] / epoch * 1.2  # exp(mean of the logs)
             ys = vertices[vertices[:, 0] == epoch, 1]
-            assert ys.min() <= true <= ys.max()
-            assert (ys.min(), ys.max()) == pytest.approx((true - half, true + half))
+            assert (ys.min(), ys.max()) == pytest.approx((center * np.exp(-half), center * np.exp(half)))
+            assert ys.min() > 0
     faint = [line for line in ax.get_lines() if line.get_label().startswith("_") and line.get_alpha() == 0.35]
     assert len(faint) == 6  # one thin line per seed and network
     assert all(float(tick).is_integer() for tick in ax.get_xticks())  # whole epochs only
-    assert "3 seeds" in fig._suptitle.get_text() and "95% t-interval" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "3 seeds" in title and "95% interval" in title and "after the last multiple of 1,000" in title
+    assert "here equal to the epoch mean" in title  # the fixture's tail is the epoch mean
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes)  # one legend for the figure
     plt_close(fig)
 
 
-def plt_close(fig):
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+def test_training_loss_draws_the_released_measure_and_the_mean(tmp_path):
+    """Figure 7 draws train_loss_tail; the epoch mean, where it differs, dotted; a history without the
+    column (an older run) falls back to its mean and the title says so."""
+    results = tmp_path / "results"
+    configs = experiments.profile_runs("smoke", results)
+    write_fixture_run(configs[1], "complete", 3, train_loss=[3.0, 2.0, 1.0], train_loss_tail=[2.5, 1.5, 0.5])
+    write_fixture_run(configs[2], "complete", 3, train_loss=[3.0, 2.0, 1.0], columns=rundir.HISTORY_COLUMNS_BEFORE_TAIL)
+    collection = plots.collect_runs(results, "smoke")
+    fig = plots.plot_training_loss(collection, ("hrnet", "hrsnet"))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines[f"{label('hrnet')}"].get_ydata()) == [2.5, 1.5, 0.5]  # the released measure
+    assert list(lines[f"{label('hrsnet')}"].get_ydata()) == [3.0, 2.0, 1.0]  # no column: the epoch mean
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert [list(line.get_ydata()) for line in dotted] == [[3.0, 2.0, 1.0]]  # hrnet's epoch mean only
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "1 run(s) recorded before train_loss_tail existed" in title
+    plt_close(fig)
 
 
 def test_final_accuracy_points_per_seed_with_mean_and_interval(seed_results):
@@ -247,8 +291,8 @@ def test_final_accuracy_points_per_seed_with_mean_and_interval(seed_results):
     collection = plots.collect_runs(results, "quick", data_dir)
     points, ci = plots.final_accuracy(collection, "hrsnet", 8)
     assert points == [(0, 0.40), (1, 0.50), (2, 0.75)] and ci.n == 3 and ci.mean == pytest.approx(0.55)
-    assert ci.low < 0.40 and ci.high > 0.75  # scipy's t-interval over 3 seeds is wide
-    fig = plots.plot_accuracy(collection)
+    assert 0 < ci.low < 0.40 and 0.75 < ci.high < 1 and ci.method == "logit"
+    fig = plots.plot_accuracy(collection, ("hrnet", "hrsnet"))
     final = fig.axes[1]
     for arch in ("hrnet", "hrsnet"):
         for width in (2, 8):
@@ -256,19 +300,29 @@ def test_final_accuracy_points_per_seed_with_mean_and_interval(seed_results):
             assert len(scatter.get_offsets()) == 3
             assert sorted(scatter.get_offsets()[:, 1]) == pytest.approx([0.40, 0.50, 0.75])
     labels = final.get_legend_handles_labels()[1]
-    assert "HRSNet (mean, 95% CI)" in labels and not any("released" in label for label in labels)
+    assert "HRSNet (mean, 95% CI)" in labels and not any("released" in text for text in labels)
     assert "3 seeds per network x C" in final.get_title()
     assert all(float(tick).is_integer() for tick in fig.axes[0].get_xticks())
     plt_close(fig)
 
 
-def test_released_numbers_beside_paper_setting_seeds(tmp_path):
+def test_released_numbers_beside_paper_setting_seeds_marked_truncated(tmp_path):
     for seed in SEEDS:
+        write_fixture_run(experiments.run_config("paper", "hrsnet", 2, tmp_path, seed=seed), "complete", 3)
         write_fixture_run(experiments.run_config("paper", "hrsnet", 30, tmp_path, seed=seed), "complete", 3)
     collection = plots.collect_runs(tmp_path, "paper")
-    fig = plots.plot_accuracy(collection)
-    assert "released notebooks (1 run)" in fig.axes[1].get_legend_handles_labels()[1]
-    assert len(next(c for c in fig.axes[1].collections if c.get_gid() == "seeds:hrsnet:C=30").get_offsets()) == 3
+    fig = plots.plot_accuracy(collection, ("hrsnet",))
+    final = fig.axes[1]
+    labels = final.get_legend_handles_labels()[1]
+    assert "released notebooks (1 run; bar: printed as a whole percent, truncated)" in labels
+    assert len(next(c for c in final.collections if c.get_gid() == "seeds:hrsnet:C=30").get_offsets()) == 3
+    # 50% printed with '%d %%' gets a bar to 51%; 55.41% (printed with two decimals) none
+    bars = [c for c in final.containers if c.lines[0].get_color() == "black"]
+    assert len(bars) == 2
+    with_bar = [c for c in bars if c.has_yerr]
+    assert len(with_bar) == 1 and with_bar[0].lines[0].get_ydata()[0] == 0.50
+    segment = with_bar[0].lines[2][0].get_segments()[0]
+    assert [y for _, y in segment] == pytest.approx([0.50, 0.51])
     plt_close(fig)
 
 
@@ -292,27 +346,25 @@ def test_captions_and_tables_count_seeds_when_some_are_missing(tmp_path):
     hrnet_c2 = [c for c in configs if (c.arch, c.width) == ("hrnet", 2)]
     _write_seeds(results, tmp_path, skip={hrnet_c2[2].run_id}, state={hrnet_c2[1].run_id: "running"})
     collection = plots.collect_runs(results, "quick", tmp_path)
-    assert collection.caption.endswith("profile 'quick', 3 seeds, 16/18 runs finished")
+    assert collection.caption.endswith("profile 'quick', 3 seeds, 22/24 runs finished")
     assert collection.cell_seeds_text("hrnet", 2) == "seeds: 1/3 finished"
     assert collection.cell_seeds_text("hrsnet", 2) == "3 seeds"
     fig = plots.plot_train_vs_val(collection)
-    assert f"{plots.NETWORK_LABELS['hrnet']}, C=2: seeds: 1/3 finished" in [ax.get_title() for ax in fig.axes]
-    assert "16/18 runs finished" in fig._suptitle.get_text()
+    assert f"{label('hrnet')}, C=2: seeds: 1/3 finished" in [ax.get_title() for ax in fig.axes]
+    assert "22/24 runs finished" in fig._suptitle.get_text()
     plt_close(fig)
-    fig = plots.plot_train_loss(collection)
+    fig = plots.plot_training_loss(collection, ("hrnet", "hrsnet"))
     labels = _axis_of(fig, "C = 2").get_legend_handles_labels()[1]
-    assert (
-        f"{plots.NETWORK_LABELS['hrnet']} (mean, seeds: 1/3 finished)" in labels
-    )  # the running seed is a thin line, not in the mean
+    assert f"{label('hrnet')} (mean, seeds: 1/3 finished)" in labels  # the running seed is a thin line, not in the mean
     plt_close(fig)
     assert plots.final_accuracy(collection, "hrnet", 2)[1].n == 1
     table = plots.results_table(collection)
-    assert len(table) == 18 and list(table.columns[:3]) == ["network", "C", "seed"]
+    assert len(table) == 24 and list(table.columns[:3]) == ["network", "C", "seed"]
     rows = table[(table["network"] == "hrnet") & (table["C"] == 2)]
     assert list(rows["seed"]) == [0, 1, 2] and list(rows["status"]) == ["complete", "running", "missing"]
 
 
-def _save_small_png(fig, path_without_suffix):
+def _save_small_png(fig, path_without_suffix, pdf=True):
     """save_figure at a low resolution and without the PDF: every figure is still drawn, in a third of the time."""
     import matplotlib.pyplot as plt
 
@@ -329,29 +381,194 @@ def test_single_seed_results_still_render(tmp_path, monkeypatch):
     results = tmp_path / "results"
     _write_seeds(results, tmp_path, seeds=(0,))
     monkeypatch.setattr(plots, "save_figure", _save_small_png)
-    # the parameter claim's table (6 meta-device models, seconds) is not what this test is about
-    counts = pd.DataFrame({"network": ["hrnet", "hrsnet"], "C": [2, 2], "parameters (M)": [10.15, 10.18]})
-    monkeypatch.setattr(stats, "_architecture_table", lambda: counts)
-    report = plots.make_all_figures(results, tmp_path / "figures", "quick", tmp_path, k=2, seeds=1)
+    report = plots.make_all_figures(
+        results, tmp_path / "figures", "quick", tmp_path, k=2, seeds=1, architecture=ARCHITECTURE
+    )
     assert [path.stem for path in report.figures] == FIGURE_STEMS
     assert all(path.stat().st_size > 1000 for path in report.figures)
-    assert not report.collection.missing and list(report.table["seed"]) == [0] * 6
-    fig = plots.plot_train_loss(report.collection)
+    assert not report.collection.missing and list(report.table["seed"]) == [0] * 8
+    fig = plots.plot_training_loss(report.collection, ("hrnet", "hrsnet"))
     labels = _axis_of(fig, "C = 2").get_legend_handles_labels()[1]
-    assert labels == [plots.NETWORK_LABELS["hrnet"], "HRSNet"] and not [
-        c for c in fig.axes[0].collections if c.get_gid()
-    ]  # no band
+    assert labels == [label("hrnet"), label("hrsnet")]
+    assert not [c for c in fig.axes[0].collections if c.get_gid()]  # no band
     assert "1 seed" in fig._suptitle.get_text()
     plt_close(fig)
     saved = json.loads((tmp_path / "figures" / "quick" / "figures.json").read_text())
-    assert saved["seeds"] == [0] and saved["header"]["seeds"].startswith("1 per network x C (0); 6/6 runs finished")
+    assert saved["seeds"] == [0] and saved["header"]["seeds"].startswith("1 per network x C (0); 8/8 runs finished")
     assert saved["header"]["device"] == "NVIDIA H100 80GB HBM3"
-    assert saved["header"]["git commit"].startswith("runs: 0123456789ab")
+    assert saved["header"]["git commit"].startswith("runs: 0123456789ab (tree modified: yes")
     assert "quick" in saved["header"]["profile"] and "sklearn digits" in saved["header"]["dataset"]
+    assert saved["figure_kinds"]["fig7_train_loss"] == "training_loss"
     assert report.header_markdown.startswith("# HRNet and HRSNet: reproduction report\n")
-    assert "- **device:** NVIDIA H100 80GB HBM3" in report.header_markdown
     three = plots.collect_runs(results, "quick", tmp_path)
-    assert len(three.missing) == 12 and three.caption.endswith("3 seeds, 6/18 runs finished")
+    assert len(three.missing) == 16 and three.caption.endswith("3 seeds, 8/24 runs finished")
+
+
+def test_a_fifth_network_declared_by_a_profile_is_drawn_compared_and_decided(tmp_path, monkeypatch):
+    """Nothing in the analysis names a network: a profile with a fifth preset gets its colour, its
+    curves, its paired comparison and its claims."""
+    monkeypatch.setitem(
+        PRESETS, "hrsnet_wide", Preset("HRSNet, 5 modules", base="hrsnet", changes={"modules_per_stage": (5, 5, 5)})
+    )
+    profile = tmp_path / "five.toml"
+    profile.write_text(
+        'base = "quick"\n'
+        'networks = ["hrnet_official", "hrnet", "hrsnet", "hrsnet_skip", "hrsnet_wide"]\n'
+        "seeds = 2\n"
+        '[[comparisons]]\na = "hrsnet_wide"\nb = "hrsnet"\n'
+        '[[claims]]\nkind = "more_accurate"\nnetworks = ["hrsnet_wide", "hrnet"]\n'
+        '[[claims]]\nkind = "differs"\nnetworks = ["hrsnet_wide", "hrsnet"]\n'
+        '[figures.wide_loss]\nkind = "training_loss"\nnetworks = ["hrsnet", "hrsnet_wide"]\ntitle = "Wider"\n'
+        '[figures.wide_classes]\nkind = "best_worst_classes"\nnetworks = ["hrsnet_wide"]\n'
+    )
+    results = tmp_path / "results"
+    for config in experiments.profile_runs(profile, results):
+        loss = [
+            2.0 / epoch * (0.5 if config.arch == "hrsnet_wide" else 1.0) + 0.1 * config.seed for epoch in range(1, 4)
+        ]
+        write_fixture_run(config, "complete", 3, num_classes=4, train_loss=loss, top1_last=0.5 + 0.1 * config.seed)
+    monkeypatch.setattr(plots, "save_figure", _save_small_png)
+    report = plots.make_all_figures(results, tmp_path / "figures", profile, architecture=ARCHITECTURE)
+    stems = [path.stem for path in report.figures]  # the base's figures (merged key by key), then its own
+    assert stems[: len(FIGURE_STEMS)] == FIGURE_STEMS and stems[len(FIGURE_STEMS) :] == [
+        "wide_loss",
+        "wide_classes_hrsnet_wide",
+    ]
+    assert "HRSNet, 5 modules - HRSNet" in set(report.paired["comparison"])
+    assert report.claims["claim"].tolist() == [
+        "HRSNet, 5 modules is more accurate than HRNet (pre-activated)",
+        "HRSNet, 5 modules and HRSNet differ: training loss",
+        "HRSNet, 5 modules and HRSNet differ: test top-1",
+    ]
+    assert report.claims["verdict"].iloc[1] == "supported"  # the same loss difference in both seeds
+    collection = report.collection
+    colors = plots.network_colors(collection.profile.networks)
+    assert colors["hrsnet_wide"] == plots.PALETTE[4] and len(set(colors.values())) == 5
+    fig = plots.plot_training_loss(collection, ("hrsnet", "hrsnet_wide"))
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() == "HRSNet, 5 modules (mean, 2 seeds)"]
+    assert lines and lines[0].get_color() == colors["hrsnet_wide"]
+    plt_close(fig)
+
+
+def test_analysis_code_names_no_network():
+    """Networks, comparisons and claims come from the profile: no preset name is written into the analysis
+    (paper.py, the facts about the report and its released code, excepted)."""
+    names = set(PRESETS)
+    for path in sorted((REPO / "hrsnet" / "analysis").glob("*.py")):
+        if path.name == "paper.py":
+            continue
+        tree = ast.parse(path.read_text())
+        literals = {
+            node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not (literals & names), (path.name, literals & names)
+
+
+# --- the report page -------------------------------------------------------------------------------
+
+
+def _quick_report(tmp_path, monkeypatch, seeds=SEEDS) -> pages.Report:
+    results = tmp_path / "results"
+    _write_seeds(results, tmp_path, seeds=seeds)
+    monkeypatch.setattr(plots, "save_figure", _save_small_png)
+    return pages.make_report(
+        results, tmp_path / "figures", "quick", tmp_path, k=2, seeds=len(seeds), architecture=ARCHITECTURE
+    )
+
+
+def test_the_page_opens_with_scope_finding_summary_and_claims(tmp_path, monkeypatch):
+    report = _quick_report(tmp_path, monkeypatch)
+    text = report.path.read_text()
+    assert text == report.markdown(relative_to=report.path.parent)
+    front = pages.blocks_markdown(report.front)
+    order = [
+        front.index(marker)
+        for marker in (
+            "# HRNet and HRSNet: reproduction report",
+            "Not the paper's setting: sklearn digits (not CIFAR-100) at 32x32, not CIFAR-100 at 224x224",
+            "HRSNet report](https://rajsurya1012.github.io/projects/HRSNet/)",
+            "tree/b1be344",
+            "## HRSNet as the authors ran it has no stage skip",
+            "**What our runs show**",
+            "## Summary",
+            "## The claims in brief",
+        )
+    ]
+    assert order == sorted(order)
+    assert "HRNet (pre-activated) C=2 60%†, C=30 53%†; HRSNet C=2 50%†, C=30 55.41%" in front
+    assert "concatenates the two lists" in front and "both published HRSNet numbers" in front
+    # the stage skip's result comes from the differs claim: HRSNet with skip - HRSNet
+    differs = report.figures.claims[report.figures.claims["kind"] == "differs"]
+    assert claim_rules.value_text(differs.iloc[0]) in front
+    # the summary is written from the verdicts; every claim has a row or a left-out line
+    claims = report.figures.claims
+    for entry in claims.itertuples(index=False):
+        assert entry.claim.split(": ")[0] in front
+    assert "**Supported:**" in front or "**Not decided:**" in front or "**Contradicted:**" in front
+
+
+def test_each_claim_in_turn_with_its_numbers_and_figure(tmp_path, monkeypatch):
+    report = _quick_report(tmp_path, monkeypatch)
+    claims_text = pages.blocks_markdown(report.claims)
+    for text in claim_rules.CLAIM_TEXTS.values():
+        assert f'> "{text.quote}"' in claims_text
+    images = [block.image.name for block in report.claims if block.image is not None]
+    assert images == sorted(set(images), key=images.index)  # each figure once; later claims point to it
+    assert {
+        "fig7_train_loss.png",
+        "fig6_accuracy.png",
+        "official_vs_preactivated_loss.png",
+        "train_vs_val_loss.png",
+    } <= set(images)
+    assert "shown under claim 1" in claims_text
+    # equal top-1 for every network: "more accurate" is open, with the seeds it would need and the command
+    accurate = report.figures.claims[report.figures.claims["kind"] == "more_accurate"].iloc[0]
+    assert accurate["verdict"] == "not decided (3 seeds)" and accurate["seeds_needed"].startswith("no effect")
+    open_rows = report.figures.claims[report.figures.claims["seeds_needed"].str.startswith("about")]
+    for entry in open_rows.itertuples(index=False):
+        n = int(entry.seeds_needed.split()[1])
+        assert f"`./run_all.sh --profile quick --seeds {n}` trains only the runs that are missing" in claims_text
+    assert "Not comparable with ours (sklearn digits (not CIFAR-100) at 32x32)" in claims_text
+    assert "HRSNet C=2 50% (printed as a whole percent, truncated)" in claims_text
+    assert "P(HRSNet lower) = " in claims_text
+
+
+def test_details_say_how_to_read_and_drop_repeated_rows(tmp_path, monkeypatch):
+    report = _quick_report(tmp_path, monkeypatch)
+    details = pages.blocks_markdown(report.details)
+    assert "**What a seed varies:** the initialisation, the train/validation split" in details
+    assert "**What it does not:** the dataset and the test set" in details
+    assert "logit" in details and "log scale" in details and "Bouthillier" in details
+    assert "**Exploratory.**" in details and "Holm-adjusted" in details
+    # the fixture's best-validation model is another epoch's (best top-1 0.55): kept; epochs all 4: dropped
+    assert "*epochs run* left out: every run went 4 epochs" in details
+    assert "60% (printed as a whole percent, truncated)" in details
+    assert "### Compute" in details and "GPU-hours" in details and "### Provenance and what reproduces" in details
+    assert "bitwise" in details and "tree modified:** yes" in details
+    assert details.index("### Runs") > details.index("### Compute")
+
+
+def test_cost_counts_every_run_and_packed_seeds_once(tmp_path):
+    from hrsnet.analysis import compute
+
+    results = tmp_path / "results"
+    configs = experiments.profile_runs("smoke", results)
+    for config, state in zip(configs, ("complete", "failed", "running", "complete")):
+        write_fixture_run(config, state, 2, environment=ENVIRONMENT)
+    config_path = configs[3].run_dir() / rundir.CONFIG_FILE
+    saved = json.loads(config_path.read_text())
+    saved["resolved"] = {"packed_seeds": 4}
+    config_path.write_text(json.dumps(saved))
+    cost = compute.cost_table(plots.collect_runs(results, "smoke").runs)
+    assert len(cost) == 4 and set(cost["state"]) == {"complete", "failed", "running"}
+    # per epoch 1 s training, 0.25 s validation, 0.125 s checkpoint (fixture_runs); the packed run pays 1/4
+    assert cost["seconds"].tolist() == pytest.approx([2.75, 2.75, 2.75, 2 * (0.25 + 0.25 + 0.125)])
+    assert cost["images_per_second"].iloc[0] == pytest.approx(100.0) and cost["images_per_second"].iloc[
+        3
+    ] == pytest.approx(400.0)
+    assert cost["gpu_hours"].sum() == pytest.approx(cost["seconds"].sum() / 3600)
+    summary = compute.cost_summary(cost)
+    assert summary.startswith("4 runs, 8 epochs in all") and "1 failed" in summary and "1 running" in summary
 
 
 def test_report_page_opens_with_the_header_and_claims(tmp_path):
@@ -405,7 +622,6 @@ def test_notebooks_are_thin_and_parameterized(name):
 def test_training_notebook_passes_settings_through_trainconfig(tmp_path):
     """The training notebook's parameters are run_config's arguments plus ``settings``, which
     TrainConfig checks by name: a setting is not restated in the notebook."""
-    import ast
     import inspect
 
     notebook = nbformat.read(REPO / "notebooks" / "01_train.ipynb", as_version=4)
@@ -432,8 +648,40 @@ def _execute(notebook, output, parameters):
     )
 
 
+def _outputs(executed, mime):
+    return [
+        output for cell in executed["cells"] for output in cell.get("outputs", []) if mime in output.get("data", {})
+    ]
+
+
 @pytest.mark.slow
-def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path):
+def test_an_executed_training_notebook_shows_its_figure(tmp_path, monkeypatch):
+    """Executed by papermill, as run_all does, the training notebook holds its curves as an image (not
+    '<Figure size ... with 2 Axes>'): the figures module keeps the kernel's inline backend."""
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel chooses its own (inline), as in JupyterLab
+    executed = _execute(
+        "01_train.ipynb",
+        tmp_path / "01.ipynb",
+        dict(
+            arch="hrnet",
+            width=1,
+            seeds=[0],
+            profile="smoke",
+            results_dir=str(tmp_path / "results"),
+            pack=False,
+            quiet=True,
+            settings={"epochs": 1, "train_subset": 32, "val_subset": 16, "test_subset": 32},
+        ),
+    )
+    assert _outputs(executed, "image/png"), "no image/png output"
+    for output in _outputs(executed, "text/plain"):  # a figure's text form only beside its image
+        if "<Figure size" in "".join(output["data"]["text/plain"]):
+            assert "image/png" in output["data"]
+
+
+@pytest.mark.slow
+def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path, monkeypatch):
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     results, runs = fixture_results
     executed = _execute(
         "02_figures.ipynb",
@@ -443,168 +691,6 @@ def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path):
     text = json.dumps(executed["cells"])
     assert f"running: {runs['partial'].run_id}" in text and f"diverged: {runs['diverged'].run_id}" in text
     assert all((tmp_path / "figures" / "smoke" / f"{stem}.png").stat().st_size > 0 for stem in FIGURE_STEMS)
-
-
-# --- run_all.sh ---------------------------------------------------------------------------------
-
-
-def _run_all(*args, timeout=600):
-    env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run(
-        [str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
-    )
-
-
-def test_run_all_help():
-    result = _run_all("--help", timeout=30)
-    assert result.returncode == 0 and "--profile" in result.stdout and "smoke" in result.stdout
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("--profile", "fast"), "profile must be one of paper, quick, smoke, auto; got 'fast'"),
-        (("--bogus",), "unknown option --bogus"),
-        (("--profile",), "--profile needs a value"),
-    ],
-)
-def test_run_all_bad_arguments(args, message, tmp_path):
-    result = (
-        _run_all(*args, "--results-dir", str(tmp_path / "r"), timeout=120)
-        if args != ("--profile",)
-        else _run_all(*args, timeout=30)
-    )
-    assert result.returncode != 0 and message in result.stderr
-
-
-def _signal_run_all_during(args, run_dir, signum, env=None):
-    """Start run_all.sh in its own process group; once ``run_dir`` has a completed epoch, send
-    ``signum`` to the group (SIGINT: Ctrl-C in a terminal). Returns (exit code, stdout, stderr)."""
-    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
-    process = subprocess.Popen(
-        [str(REPO / "run_all.sh"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-        start_new_session=True,
-    )
-    history = run_dir / "history.csv"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "run_all.sh ended before it could be signalled"
-    os.killpg(process.pid, signum)
-    stdout, stderr = process.communicate(timeout=120)
-    # The kernel runs in a session of its own: after a SIGKILL it exits once it sees its parent
-    # gone (ipykernel polls every second), and only then is the run's lock free.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and lock_state(run_dir) == "held":
-        time.sleep(0.1)
-    return process.returncode, stdout, stderr
-
-
-def _fake_gpus(tmp_path, count):
-    """A PATH with an `nvidia-smi -L` that lists ``count`` GPUs, and no CUDA_VISIBLE_DEVICES."""
-    bin_dir = tmp_path / "fake_bin"
-    bin_dir.mkdir(exist_ok=True)
-    script = bin_dir / "nvidia-smi"
-    lines = "".join(f"echo 'GPU {i}: Fake GPU (UUID: GPU-{i})'\n" for i in range(count))
-    script.write_text(f"#!/bin/sh\n{lines}")
-    script.chmod(0o755)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}
-
-
-@pytest.mark.slow
-def test_run_all_smoke_end_to_end(tmp_path):
-    """Killed (SIGKILL to its process group) in its first run, then interrupted by Ctrl-C with two
-    jobs at once (--jobs 2), run_all.sh loses nothing: Ctrl-C stops every job (exit 130) and says
-    how to resume. Then two run_all.sh on one results folder, one with --jobs 2, finish every run:
-    each run is trained by exactly one of them, and the interrupted ones have an uninterrupted history."""
-    results, figures = tmp_path / "results", tmp_path / "figures"
-    args = ("--profile", "smoke", "--results-dir", str(results), "--figures-dir", str(figures))
-    runs = experiments.profile_runs("smoke", results)
-    first, second, third = runs
-    # Every epoch of every run, and the reference runs, use the thread count of a --jobs 2 job:
-    # a resumed run repeats its history exactly only with the same threads.
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    same_threads = {"OMP_NUM_THREADS": str(threads)}
-    code, stdout, stderr = _signal_run_all_during(args, first.run_dir(), signal.SIGKILL, env=same_threads)
-    assert code == -signal.SIGKILL and rundir.read_status(first.run_dir()).state == "running"
-
-    # --jobs 2 on a machine with two (fake) GPUs: one GPU and a share of the CPU cores per job.
-    code, stdout, stderr = _signal_run_all_during(
-        (*args, "--jobs", "2"), second.run_dir(), signal.SIGINT, env={**same_threads, **_fake_gpus(tmp_path, 2)}
-    )
-    assert code == 130, stdout + stderr
-    assert "run the same ./run_all.sh command again to resume" in stderr and "[figures]" not in stdout
-    assert "ZMQError" not in stdout + stderr
-    assert "interrupted after epoch 1" in rundir.read_status(second.run_dir()).reason
-    assert "started on GPU 0" in stdout and "started on GPU 1" in stdout, stdout
-    for run in runs:  # every job was stopped, none killed: no lock held, no run left "running"
-        assert lock_state(run.run_dir()) != "held", run.run_id
-        status = rundir.read_status(run.run_dir())
-        assert status is None or status.finished or "interrupted" in status.reason, (run.run_id, status)
-    assert int(re.search(r", (\d+) CPU threads? each", stdout).group(1)) == threads
-    config = json.loads((second.run_dir() / rundir.CONFIG_FILE).read_text())
-    assert config["environment"]["cpu_threads"] == threads  # OMP_NUM_THREADS reached torch in the job
-
-    # Two run_all.sh at once on one results folder (the second with its own figures folder): both
-    # want the third run; the lock lets exactly one train it.
-    env = {**os.environ, "PYTHON": sys.executable, **same_threads}
-    command = [str(REPO / "run_all.sh"), *args]
-    both = [
-        subprocess.Popen([*command, "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
-        subprocess.Popen(
-            [*command, "--only", third.arch, "--figures-dir", str(tmp_path / "figures_b")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        ),
-    ]
-    outputs = [process.communicate(timeout=600) for process in both]
-    for process, (out, err) in zip(both, outputs):
-        assert process.returncode == 0, out + err
-    trained = [re.search(rf"\({third.run_id}\): (complete|early-stopped): ", out) is not None for out, _ in outputs]
-    assert sum(trained) == 1, outputs
-    other = outputs[trained.index(False)][0]
-    assert (
-        f"({third.run_id}): skipped: being trained by pid " in other
-        or f"({third.run_id}): already finished" in other
-        or third.run_id not in other  # it was finished before this one listed the runs
-    ), other
-    for run in runs:  # no run file written by two processes: every epoch once, whole JSON files
-        assert rundir.read_history(run.run_dir())["epoch"].tolist() == [1, 2], run.run_id
-        json.loads((run.run_dir() / rundir.CONFIG_FILE).read_text())
-        json.loads((run.run_dir() / rundir.TEST_METRICS_FILE).read_text())
-    result = subprocess.CompletedProcess(both[0].args, 0, *outputs[0])
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        references = [fit(dataclasses.replace(run, results_dir=str(tmp_path / "reference"))) for run in (first, second)]
-    finally:
-        torch.set_num_threads(default_threads)
-    for interrupted, reference in zip((first, second), references):
-        resumed = rundir.read_history(interrupted.run_dir())
-        assert len(resumed) == len(reference.history)
-        for column in ("train_loss", "val_loss", "val_acc"):
-            assert (resumed[column] - reference.history[column]).abs().max() <= 1e-6, column
-    assert result.stdout.splitlines()[0] == "profile: smoke (asked for)"
-    for stem in FIGURE_STEMS:
-        assert (figures / "smoke" / f"{stem}.png").stat().st_size > 5000
-    assert (figures / "smoke" / "results_table.md").exists()
-    executed = sorted(path.name for path in (results / "notebooks").glob("*.ipynb"))
-    run_ids = [run.run_id for run in experiments.profile_runs("smoke")]
-    # One training notebook per network x C (with all its seeds); temporary names are renamed.
-    trained_notebooks = [f"train_smoke_{run.arch}_c{run.width}.ipynb" for run in experiments.profile_runs("smoke")]
-    assert executed == sorted(["00_architecture.ipynb", "02_figures.ipynb"] + trained_notebooks)
-    assert not list((results / "notebooks").glob(".*"))
-    for run_id in run_ids:
-        assert (results / "runs" / run_id / "status").read_text().startswith("complete")
-    report = (results / "report.html").read_text()
-    assert report.count("<img") >= len(FIGURE_STEMS) and "make_all_figures" not in report  # code hidden
-    assert str(results / "report.html") in result.stdout
+    assert (tmp_path / "figures" / "smoke" / "report.md").exists()
+    assert len(_outputs(executed, "image/png")) == len(FIGURE_STEMS)  # every figure shown once, in the page
+    assert "Not the paper's setting" in text

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import TrainConfig, setting_names
 from ..data import DATASET_LABELS
-from ..profiles import profile_runs, resolve_profile
+from ..profiles import Profile, load_profile, profile_runs, resolve_profile
 from ..rundir import Run
 from .tables import seeds_text
 
@@ -34,13 +34,19 @@ class MissingRun:
 
 @dataclass
 class RunCollection:
-    """The runs a profile expects (every network x C x seed): those found, and the missing ones."""
+    """The runs a profile expects (every network x C x seed): those found, and the missing ones, with
+    the loaded Profile (its networks, comparisons, claims and figures drive the report)."""
 
-    profile: str
+    profile: Profile
     runs: list[Run]
     missing: list[MissingRun] = field(default_factory=list)  # expected, no run directory yet
     unreadable: list[tuple[MissingRun, str]] = field(default_factory=list)  # (the run, why it was left out)
     seeds: tuple[int, ...] = ()  # the seeds expected per network x C (empty: those of the runs found)
+
+    @property
+    def name(self) -> str:
+        """The profile's name (figures go to ``figures/<name>/``)."""
+        return self.profile.name
 
     @property
     def partial(self) -> list[Run]:
@@ -71,7 +77,7 @@ class RunCollection:
         datasets = sorted({DATASET_LABELS.get(run.dataset, run.dataset) for run in self.runs}) or ["no data"]
         sizes = sorted({run.image_size for run in self.runs})
         size = f", {'/'.join(str(s) for s in sizes)}px" if sizes else ""
-        return f"{', '.join(datasets)}{size}, profile '{self.profile}', {self.seeds_text}"
+        return f"{', '.join(datasets)}{size}, profile '{self.name}', {self.seeds_text}"
 
     def widths(self) -> list[int]:
         return sorted({run.width for run in self.runs} | {missing.width for missing in self.missing})
@@ -79,6 +85,10 @@ class RunCollection:
     def runs_of(self, arch: str, width: int) -> list[Run]:
         """Every seed's run of ``arch`` at C=width that was found, by seed."""
         return sorted((run for run in self.runs if run.arch == arch and run.width == width), key=lambda r: r.seed)
+
+    def runs_of_network(self, arch: str) -> list[Run]:
+        """Every run of ``arch`` that was found, any C."""
+        return [run for run in self.runs if run.arch == arch]
 
     def cell_seeds_text(self, arch: str, width: int) -> str:
         """'3 seeds' when every expected seed of the cell finished, else 'seeds: 2/3 finished'."""
@@ -92,7 +102,7 @@ class RunCollection:
 
     def describe(self) -> str:
         """What is missing or unfinished, for the notebook's output."""
-        lines = [f"{len(self.runs)} run(s) found for profile '{self.profile}' ({self.seeds_text})"]
+        lines = [f"{len(self.runs)} run(s) found for profile '{self.name}' ({self.seeds_text})"]
         lines += [f"  missing: {missing.run_id}" for missing in self.missing]
         lines += [f"  left out, unreadable: {run.run_id} ({why})" for run, why in self.unreadable]
         lines += [f"  {run.status.state}: {run.run_id} ({run.status.reason})" for run in self.partial]
@@ -103,13 +113,13 @@ class RunCollection:
 
 
 def collect_runs(
-    results_dir: str | Path, profile: str, data_dir: str | Path | None = None, seeds: int | None = None
+    results_dir: str | Path, profile: str | Path | Profile, data_dir: str | Path | None = None, seeds: int | None = None
 ) -> RunCollection:
-    """Load the runs of ``profile`` (as hrsnet.profiles defines it; ``seeds`` = N: seeds 0..N-1)
-    from ``results_dir/runs``."""
-    name, _ = resolve_profile(profile)
+    """Load the runs of ``profile`` (a name, ``auto``, a TOML file or a Profile; ``seeds`` = N: seeds
+    0..N-1) from ``results_dir/runs``."""
+    spec = profile if isinstance(profile, Profile) else load_profile(resolve_profile(profile)[0])
     runs, missing, unreadable = [], [], []
-    configs = profile_runs(name, results_dir, data_dir, seeds=seeds)
+    configs = profile_runs(spec, results_dir, data_dir, seeds=seeds)
     for config in configs:
         expected = MissingRun(config.run_id, config.arch, config.width, config.seed)
         try:
@@ -124,7 +134,7 @@ def collect_runs(
         else:
             runs.append(run)
     seed_list = tuple(sorted({config.seed for config in configs}))
-    return RunCollection(name, runs, missing, unreadable, seed_list)
+    return RunCollection(spec, runs, missing, unreadable, seed_list)
 
 
 def _config_disagrees(run: Run) -> str | None:
