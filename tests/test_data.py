@@ -22,6 +22,22 @@ def test_seeded_split_is_a_seeded_partition():
     assert seeded_split(50_000, 0.2, seed=4)[1] != val
 
 
+def test_stratified_split_holds_out_every_class():
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 2)
+    kept, held = data.stratified_split(labels, 0.2, seed=3)
+    assert set(kept).isdisjoint(held) and sorted(kept + held) == list(range(15))
+    assert sorted(labels[held].tolist()) == [0, 0, 1, 2]  # round(0.2 n), at least one, at most n - 1
+    assert set(labels[kept].tolist()) == {0, 1, 2}
+    assert data.stratified_split(labels, 0.2, seed=3) == (kept, held)
+    assert any(data.stratified_split(labels, 0.2, seed=s)[1] != held for s in range(4, 10))
+
+
+def test_interleaved_by_class_spreads_the_first_n_over_the_classes():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert data.interleaved_by_class([0, 1, 2, 3, 4, 5], labels) == [0, 3, 5, 1, 4, 2]
+    assert data.interleaved_by_class([4, 2, 3], labels) == [2, 4, 3]  # each class keeps its own order
+
+
 def test_cifar100_loads_through_torchvision(cifar_checksums):
     splits = load_dataset("cifar100", cifar_checksums, seed=0)
     assert splits.num_classes == 100 and splits.class_names[:2] == ["apple", "aquarium_fish"]

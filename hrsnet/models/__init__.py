@@ -1,4 +1,4 @@
-"""The High-Resolution Network family: one configurable class, three presets."""
+"""The High-Resolution Network family: one configurable class, and the report's networks as presets of it."""
 
 from .config import HRNetConfig
 from .hrnet import HighResolutionNet
