@@ -115,5 +115,6 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     else:
-        torch.use_deterministic_algorithms(False)
+        if torch.are_deterministic_algorithms_enabled():  # the call imports torch._inductor: seconds
+            torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = device.type == "cuda"

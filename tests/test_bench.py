@@ -3,7 +3,10 @@
 No timing is asserted here: speed is measured by `python -m hrsnet bench`, not by tests.
 """
 
+import copy
 import csv
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +28,7 @@ def _flat(model):
     return torch.cat([p.detach().flatten().double() for p in model.parameters()])
 
 
-def _compare_steps(tmp_path, fast_switches, loss_tolerance, min_cosine=None, steps=3):
+def _compare_steps(tmp_path, fast_switches, loss_tolerance, min_cosine=None, steps=3, norm_tolerance=None):
     """Run the plain path for a few steps; at each step, put the fast path at the same weights
     and optimizer state, take the same batch, and compare its loss and its parameter update.
 
@@ -39,7 +42,9 @@ def _compare_steps(tmp_path, fast_switches, loss_tolerance, min_cosine=None, ste
     images, labels = plain.data.train.images, plain.data.train.labels
     for step in range(steps):
         fast.model.load_state_dict(plain.model.state_dict())
-        load_optimizer_state(fast.optimizer, plain.optimizer.state_dict())
+        # A deep copy, as torch.load gives: load_state_dict keeps a tensor already of the right
+        # device and dtype, so a live state_dict's momentum buffers would be shared with plain's.
+        load_optimizer_state(fast.optimizer, copy.deepcopy(plain.optimizer.state_dict()))
         before = _flat(plain.model)
         batch = slice(16 * step, 16 * (step + 1))
         plain_loss = train_on(plain, images[batch], labels[batch])
@@ -50,16 +55,26 @@ def _compare_steps(tmp_path, fast_switches, loss_tolerance, min_cosine=None, ste
         plain_update, fast_update = _flat(plain.model) - before, _flat(fast.model) - before
         cosine = torch.nn.functional.cosine_similarity(plain_update, fast_update, dim=0).item()
         assert cosine >= min_cosine, (step, cosine)
-        assert abs(fast_update.norm() / plain_update.norm() - 1) <= 1 - min_cosine + 0.01, step
+        norm_limit = norm_tolerance if norm_tolerance is not None else 1 - min_cosine + 0.01
+        assert abs(fast_update.norm() / plain_update.norm() - 1) <= norm_limit, step
 
 
 def test_fast_fp32_switches_compute_the_same_steps(tmp_path):
-    """channels_last and the fused optimizer: same loss to 1e-5 (measured ~5e-7), updates
-    with cosine >= 0.98 and norms within 3% (float32 rounding, amplified by the network:
-    measured cosine ~0.9998 in a plain pytest process, 0.9954 with norms 2.6% apart in a
-    pytest-xdist worker, whose kernels round differently). A misread momentum buffer or a
-    wrong memory layout moves a step far more (test_optimizer_state_takes_the_parameters_layout)."""
-    _compare_steps(tmp_path, dict(channels_last="on", fused_optimizer="on", precision="fp32"), 1e-5, 0.98)
+    """channels_last and the fused SGD (load_optimizer_state keeps it fused) against the plain
+    for-loop path: float32 rounding, amplified by the network, is all that differs.
+
+    Measured (3 steps, seeds 0 and 1, torch 2.14 on an "Intel(R) Xeon(R) Processor" with
+    AVX-512/AMX, 1 and 2 threads): loss at most 1.6e-5 apart relative (1 thread, as in a
+    pytest-xdist worker; 7e-6 with 2), update cosine at least 0.9957, norms at most 2.6% apart.
+    Limits: loss 1e-4, cosine 0.98, norms 5%. A misread momentum buffer or a wrong memory layout
+    moves a step far more (test_optimizer_state_takes_the_parameters_layout)."""
+    _compare_steps(
+        tmp_path,
+        dict(channels_last="on", fused_optimizer="on", precision="fp32"),
+        1e-4,
+        0.98,
+        norm_tolerance=0.05,
+    )
 
 
 def test_bf16_autocast_computes_nearly_the_same_losses(tmp_path):
@@ -70,7 +85,7 @@ def test_bf16_autocast_computes_nearly_the_same_losses(tmp_path):
     is dominated by the exploding-gradient amplification of rounding, and under bf16 its
     direction is close to noise (cosine with float64 ~0.03 for hrnet_official = timm's
     hrnet_w18, ~0.3 for hrnet). Whether bf16 training ends in the same place is an outcome
-    question, measured on real runs (see the performance issue's note), not here.
+    question, measured on real runs, not here.
     """
     _compare_steps(tmp_path, dict(channels_last="on", fused_optimizer="on", precision="bf16"), 0.04)
 
@@ -176,7 +191,7 @@ def test_bench_command_on_cpu(tmp_path, capsys):
 
 def test_estimate_command(capsys):
     assert main(["bench", "--estimate", "smoke", "--steps", "1", "--warmup", "1", "--quiet"]) == 0
-    assert "profile smoke: at most" in capsys.readouterr().out
+    assert "profile smoke: 4 runs, at most" in capsys.readouterr().out
 
 
 TINY_BENCH = ["--width", "1", "--settings", "tiny:32:4", "--warmup", "1", "--steps", "1", "--repeats", "1"]
@@ -247,7 +262,9 @@ def test_bench_csv_drops_a_line_cut_short(tmp_path):
     assert len(resumed.done) == 1 and path.read_text().count("\n") == 2  # header + the complete row
 
 
-def _history_run(root, arch, width, train_size, val_size, rows, run_id=None):
+def _history_run(
+    root, arch, width, train_size, val_size, rows, run_id=None, image_size=224, batch_size=16, test_size=0, **resolved
+):
     """A run directory with config.json and history.csv, as fit() writes them."""
     import json
 
@@ -255,8 +272,9 @@ def _history_run(root, arch, width, train_size, val_size, rows, run_id=None):
     run_dir.mkdir(parents=True)
     config = {
         "run_id": run_dir.name,
-        "train": {"arch": arch, "width": width, "image_size": 224, "batch_size": 16},
-        "dataset": {"train_size": train_size, "val_size": val_size},
+        "train": {"arch": arch, "width": width, "image_size": image_size, "batch_size": batch_size},
+        "dataset": {"train_size": train_size, "val_size": val_size, "test_size": test_size},
+        "resolved": {"cuda_graphs": False, "packed_seeds": 1, **resolved},
     }
     (run_dir / "config.json").write_text(json.dumps(config))
     columns = sorted({key for row in rows for key in row})
@@ -265,46 +283,178 @@ def _history_run(root, arch, width, train_size, val_size, rows, run_id=None):
     return run_dir
 
 
-def test_estimate_from_histories_has_a_known_answer(tmp_path):
-    """Hand-made histories: hrnet C=2 trained on a quarter of the images for 100 s an epoch (so
-    400 s at full size), validated on half for 10 s (20 s), checkpoint 5 s; its wall time leaves
-    35 s of overhead. Released: hrnet C=2 went 35 epochs; the paper cap is 25."""
-    rows = [
-        {"epoch": epoch, "epoch_seconds": 100.0, "train_seconds": 100.0, "val_seconds": 10.0,
-         "checkpoint_seconds": 5.0, "images_per_second": 100.0}
-        for epoch in (1, 2)
-    ]  # fmt: skip
-    _history_run(tmp_path / "runs", "hrnet", 2, 10_000, 5_000, rows)
-    # Old histories (epoch_seconds only): validation is not counted.
-    _history_run(tmp_path / "runs", "hrsnet", 2, 40_000, 10_000, [{"epoch": 1, "epoch_seconds": 60.0}])
-    wall = tmp_path / "wall.csv"
-    wall.write_text("run_id,wall_seconds\nhrnet_c2,265\n")  # 2 x (100 + 10 + 5) + 35
-    costs = estimate.epoch_costs_from_histories([tmp_path / "runs"], 40_000, 10_000, estimate.read_wall_seconds(wall))
-    hrnet = costs[("hrnet", 2)]
-    assert (hrnet.train_seconds, hrnet.val_seconds, hrnet.checkpoint_seconds) == (400.0, 20.0, 5.0)
-    assert hrnet.overhead_seconds == pytest.approx(35.0)
-    assert hrnet.run_seconds(35) == pytest.approx(35 * 425 + 35)
+def _epochs(first, later, count=2, **columns):
+    """History rows: epoch 1 takes ``first`` seconds (warm-up), later epochs ``later``."""
+    return [
+        {"epoch": epoch, "epoch_seconds": first if epoch == 1 else later, "images_per_second": 1.0, **columns}
+        for epoch in range(1, count + 1)
+    ]
 
+
+def _bench_csv(path, rows):
+    """A bench CSV of hand-made rows: (model, width, image_size, batch_size, variant, step_ms, inference/s)."""
+    complete = []
+    for model, width, image_size, batch_size, variant, step_ms, inference in rows:
+        row = {column: "nan" for column in bench.BENCH_COLUMNS}
+        row.update(
+            device="x", device_name="x", torch="2", group="grid", model=model, arch=model, width=width,
+            setting="s", image_size=image_size, batch_size=batch_size, variant=variant, precision="fp32",
+            channels_last=False, compile="none", graphs=False, optimizer_kernel="foreach",
+            train_step_ms=step_ms, inference_images_per_second=inference,
+        )  # fmt: skip
+        complete.append(row)
+    bench.BenchWriter(path, resume=False).append(complete)
+    return path
+
+
+def test_estimate_from_histories_has_a_known_answer(tmp_path):
+    """hrnet C=2 trained on a quarter of the images at the paper's 224px, batch 16: epoch 1 took
+    130 s (warm-up), epoch 2 100 s, so 400 s at full size and 30 s of warm-up once; validated on
+    half (5,000 images) in 10 s: 20 s at full size, and the test pass twice 10,000 images at that
+    rate, 40 s; checkpoint 5 s. Its wall time leaves 35 s of overhead. Released: hrnet C=2 went 35
+    epochs; the paper cap is 25."""
+    rows = _epochs(130.0, 100.0, val_seconds=10.0, checkpoint_seconds=5.0)
+    _history_run(tmp_path / "runs", "hrnet", 2, 10_000, 5_000, rows, test_size=0)
+    wall = tmp_path / "wall.csv"
+    wall.write_text("run_id,wall_seconds\nhrnet_c2,295\n")  # 130 + 100 + 2 x (10 + 5) + 35
     rows = estimate.estimate_profile("paper", histories=[tmp_path / "runs"], wall_csv=wall, quiet=True)
-    assert len(rows) == 27  # 3 networks x 3 widths x 3 seeds
+    assert len(rows) == 36  # 4 networks x 3 widths x 3 seeds: every run gets a row
     by_cell = {(row["arch"], row["width"]): row for row in rows}
     row = by_cell[("hrnet", 2)]
+    epoch = 400 + 20 + 5
+    once = 40 + 30 + 35  # test pass, epoch 1's warm-up, start-up
     assert row["epochs_released"] == 35 and row["epochs_released_source"] == "released"
-    assert row["minutes_released"] == pytest.approx((35 * 425 + 35) / 60)
-    assert row["run_minutes"] == pytest.approx((25 * 425 + 35) / 60) and row["validation_counted"]
-    hrsnet = by_cell[("hrsnet", 2)]
-    assert hrsnet["epochs_released"] == 17 and not hrsnet["validation_counted"]
-    assert hrsnet["run_minutes"] == pytest.approx(25 * 60 / 60)
-    assert by_cell[("hrnet", 18)]["epochs_released_source"] == "cap (none released)"
-    assert by_cell[("hrnet", 18)]["source"] == "not measured"
+    assert row["epoch_minutes"] == pytest.approx(epoch / 60)
+    assert row["minutes_released"] == pytest.approx((35 * epoch + once) / 60)
+    assert row["run_minutes"] == pytest.approx((25 * epoch + once) / 60) and row["validation_counted"]
+    assert "real loop, eager, at 224px batch 16 (epoch 2)" in row["source"]
+    missing = by_cell[("hrsnet", 18)]
+    assert math.isnan(missing["run_minutes"]) and missing["source"].startswith("not estimated: no measurement at 224px")
 
     totals = estimate.estimate_totals(rows, jobs=3, speedup=2.0)
-    sequential = 3 * ((25 * 425 + 35) / 60 + 25)  # 3 seeds of each measured cell
-    assert totals["runs_measured"] == 6 and totals["sequential_run_minutes"] == pytest.approx(sequential)
-    longest = (25 * 425 + 35) / 60
-    assert totals["concurrent_run_minutes"] == pytest.approx(max(sequential / 2.0, longest * 3 / 2.0))
+    assert totals["runs_measured"] == 3 and not totals["complete"]
+    sequential = 3 * (25 * epoch + once) / 60
+    assert totals["sequential_run_minutes"] == pytest.approx(sequential)
+    assert totals["concurrent_run_minutes"] == pytest.approx(max(sequential / 2.0, (25 * epoch + once) / 60 * 3 / 2))
+    text = "\n".join(estimate.describe_totals("paper", rows, totals))
+    assert "at most" not in text and "3 estimated" in text and "33 not estimated, so no total" in text
+    assert "hrsnet_skip C=30: no measurement at 224px" in text
     with pytest.raises(ValueError, match="speedup"):
         estimate.estimate_totals(rows, jobs=2, speedup=0)
+
+
+def test_estimate_packed_seeds_share_the_training_time(tmp_path):
+    """Three seeds packed: each run counts a third of the pack's training time (its validation
+    and checkpoints are its own); the cheapest loop setting of a network x C is used."""
+    for seed in range(3):
+        _history_run(tmp_path, "hrnet", 2, 40_000, 10_000, _epochs(90, 60), f"p{seed}", packed_seeds=3)
+    _history_run(tmp_path, "hrnet", 2, 40_000, 10_000, _epochs(40, 30), "eager")
+    costs = estimate.epoch_costs_from_histories([tmp_path], 40_000, 10_000)
+    assert costs[("hrnet", 2)].train_seconds == pytest.approx(20.0)
+    assert costs[("hrnet", 2)].overhead_seconds == pytest.approx(10.0)  # epoch 1's extra 30 s, a third
+    assert "3 packed seeds" in costs[("hrnet", 2)].source and "3 runs, median" in costs[("hrnet", 2)].source
+
+
+def test_estimate_scales_by_the_measured_cost_at_the_target_size(tmp_path):
+    """A history at 32px is scaled by the bench's cost per image at 224px over 32px (not by
+    image counts only); another network with no history, by its bench step time over the
+    measured network's at 224px; one without any 224px row is not estimated."""
+    _history_run(tmp_path / "runs", "hrnet", 2, 40_000, 10_000, _epochs(12, 10), image_size=32)
+    csv_path = _bench_csv(
+        tmp_path / "bench.csv",
+        [
+            ("hrnet", 2, 32, 16, "default", 20.0, 1000.0),
+            ("hrnet", 2, 224, 16, "default", 400.0, 50.0),  # 20x the cost per image
+            ("hrsnet", 2, 224, 16, "default", 600.0, 40.0),
+            ("hrnet_official", 2, 224, 16, "plain fp32 eager", 900.0, 30.0),
+        ],
+    )
+    rows = estimate.estimate_profile("paper", histories=[tmp_path / "runs"], bench_csv=csv_path, quiet=True)
+    by_cell = {(row["arch"], row["width"]): row for row in rows}
+    hrnet = by_cell[("hrnet", 2)]
+    assert hrnet["epoch_minutes"] == pytest.approx(10 * 20 / 60)
+    assert "x bench cost per image ratio 20 (224px batch 16 / 32px batch 16)" in hrnet["source"]
+    # hrsnet C=2: no real loop at 224px anywhere, so its own bench row (steps x step time).
+    hrsnet = by_cell[("hrsnet", 2)]
+    assert hrsnet["epoch_minutes"] == pytest.approx((2500 * 0.6 + 10_000 / 40) / 60)
+    assert hrsnet["source"].startswith("bench CSV bench.csv: grid default at 224px batch 16")
+    assert by_cell[("hrnet_official", 2)]["source"].startswith("bench CSV")  # any variant, when alone
+    assert by_cell[("hrnet", 18)]["source"].startswith("not estimated")
+
+    # With a real loop at 224px for hrnet C=2, hrsnet C=2 is scaled from it by the step ratio 1.5.
+    _history_run(tmp_path / "runs", "hrnet", 2, 40_000, 10_000, _epochs(220, 200), "at224")
+    rows = estimate.estimate_profile("paper", histories=[tmp_path / "runs"], bench_csv=csv_path, quiet=True)
+    hrsnet = next(row for row in rows if (row["arch"], row["width"]) == ("hrsnet", 2))
+    assert hrsnet["epoch_minutes"] == pytest.approx(200 * 1.5 / 60)
+    assert "of hrnet C=2 x bench step ratio 1.5 (default)" in hrsnet["source"]
+
+
+def test_estimate_command_says_when_it_cannot(tmp_path, capsys):
+    """Histories at 32px and no bench row at the profile's 224px: no estimate, one line saying
+    why and what to give; no 'at most' for runs that were left out."""
+    _history_run(tmp_path / "runs", "hrnet", 2, 288, 144, _epochs(2, 1), image_size=32)
+    assert main(["bench", "--estimate", "paper", "--histories", str(tmp_path / "runs"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "at most" not in captured.out
+    assert captured.err.startswith("error: no run of profile paper could be estimated")
+    assert "its real loop ran at 32px batch 16" in captured.err
+
+
+COMMITTED_BENCH = sorted((Path(__file__).resolve().parents[1] / "results" / "bench").glob("*.csv"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_BENCH, ids=[path.name for path in COMMITTED_BENCH])
+def test_committed_bench_csvs_are_read(path):
+    """The CSVs under results/bench/ were written before the graphs and compile_seconds columns:
+    they are read, with those filled as their rows meant them."""
+    rows = bench.read_bench_csv(path)
+    assert rows and all(list(row) == bench.BENCH_COLUMNS for row in rows)
+    assert {row["graphs"] for row in rows} == {"False"} and all(float(row["train_step_ms"]) > 0 for row in rows)
+
+
+def test_estimate_from_the_committed_paper_setting_csv(capsys):
+    """Its 224px batch-16 row of hrnet_official C=18 estimates those 3 runs; the other 33 are
+    named as not estimated, and no total is claimed for the profile."""
+    path = next(path for path in COMMITTED_BENCH if path.name == "cpu-2threads-paper-setting.csv")
+    assert main(["bench", "--estimate", "paper", "--bench-csv", str(path), "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "36 runs; 3 estimated" in output and "33 not estimated, so no total for the profile" in output
+    assert "at most" not in output and "rerun without --resume" not in output
+
+
+def test_unknown_bench_columns_are_named(tmp_path):
+    path = tmp_path / "bench.csv"
+    path.write_text("device,speed\nx,1\n")
+    with pytest.raises(ValueError, match=r"columns: missing device_name, .*; unknown speed\); regenerate it") as error:
+        bench.read_bench_csv(path)
+    assert "--resume" not in str(error.value)
+
+
+def test_ablation_variants_are_measured_in_chunks():
+    """The eager steps side by side, each compiling or capturing variant alone (written at once)."""
+    chunks = bench.ablation_chunks(bench.ablation_variants(torch.device("cuda"), include_compile=True))
+    assert [len(chunk) for chunk in chunks] == [4, 1, 1, 1]
+    assert all(not v.graphs and v.compile == "none" for v in chunks[0])
+
+
+def test_loop_comparison_times_epoch_2(tmp_path):
+    """loop.csv: epoch 2's images/s (epoch 1 holds the warm-up, shown apart), summed over packed seeds."""
+    _history_run(tmp_path / "eager", "hrnet_official", 18, 1600, 160, [
+        {"epoch": 1, "epoch_seconds": 30.0, "images_per_second": 53.3},
+        {"epoch": 2, "epoch_seconds": 20.0, "images_per_second": 80.0},
+    ])  # fmt: skip
+    for seed in range(3):
+        _history_run(tmp_path / "packed", "hrnet_official", 18, 1600, 160, [
+            {"epoch": 1, "epoch_seconds": 40.0, "images_per_second": 40.0},
+            {"epoch": 2, "epoch_seconds": 32.0, "images_per_second": 50.0},
+        ], f"s{seed}", packed_seeds=3)  # fmt: skip
+    rows = estimate.write_loop_comparison(tmp_path, ["eager", "packed"])
+    eager, packed = rows
+    assert (eager["timed_epochs"], eager["images_per_second"], eager["first_epoch_seconds"]) == ("2", 80.0, 30.0)
+    assert packed["images_per_second"] == pytest.approx(150.0) and packed["speedup"] == pytest.approx(150 / 80)
+    assert packed["packed_seeds"] == 3 and packed["runs"] == 3
+    with open(tmp_path / "loop.csv") as stream:
+        assert next(csv.reader(stream)) == estimate.LOOP_COLUMNS
 
 
 def test_concurrency_speedup(tmp_path):
@@ -314,3 +464,55 @@ def test_concurrency_speedup(tmp_path):
             tmp_path / "together", "hrnet", 18, 8000, 1000, [{"epoch": 1, "images_per_second": rate}], f"s{seed}"
         )
     assert estimate.concurrency_speedup(tmp_path / "single", tmp_path / "together") == pytest.approx(2.1)
+
+
+def test_targets_read_the_files_that_came_back(tmp_path):
+    """bench --targets: each target's number from the files, its verdict, and what loop.csv says
+    about GRAPHS_WIN_MEASURED; a missing file or row is 'not measured', never a pass."""
+    from hrsnet.tools import targets
+
+    rows = []
+    for setting, batch, rates in (
+        ("paper", 16, {"default": 300.0, "default + whole-step CUDA graph": 700.0, "plain fp32 eager": 200.0}),
+        ("throughput", 128, {"default": 900.0, "plain fp32 eager": 500.0}),
+    ):
+        timm_rate = {"paper": 400.0, "throughput": 500.0}[setting]
+        for variant, rate in [*rates.items(), ("timm AMP bf16 + channels_last", timm_rate)]:
+            row = {column: "nan" for column in bench.BENCH_COLUMNS}
+            model = bench.TIMM_PEER if variant.startswith("timm") else "hrnet_official"
+            row.update(group="peer", model=model, width="18", setting=setting, variant=variant, batch_size=batch)
+            row["train_images_per_second"] = rate
+            rows.append(row)
+    grid = {column: "nan" for column in bench.BENCH_COLUMNS}
+    grid.update(group="grid", model="hrnet_official", width="30", setting="throughput", variant="default")
+    grid.update(batch_size=128, flop_utilisation=0.2, achieved_tflops=158.0, peak_tflops=790)
+    bench.BenchWriter(tmp_path / targets.FILES["bench"], resume=False).append([*rows, grid])
+    (tmp_path / targets.FILES["loop"]).write_text(
+        "setting,images_per_second,speedup,timed_epochs,first_epoch_seconds\n"
+        "eager,100,1,2,9\ngraphs,125,1.25,2,12\npacked,150,1.5,2,10\n"
+    )
+    (tmp_path / targets.FILES["estimate"]).write_text("run_minutes,minutes_released\n20,10\nnan,nan\n")
+    found = {row["what"]: row for row in targets.read_targets(tmp_path)}
+    by_name = {row["target"]: row for row in found.values()}
+    assert (
+        by_name["batch16_vs_plain"]["measured"] == pytest.approx(3.5)
+        and by_name["batch16_vs_plain"]["verdict"] == "met"
+    )
+    assert by_name["batch16_vs_timm"]["measured"] == pytest.approx(1.75)
+    assert by_name["batch16_vs_timm"]["verdict"] == "missed"
+    assert by_name["batch128_vs_timm"]["measured"] == pytest.approx(1.8)
+    assert (
+        by_name["c30_flop_utilisation"]["verdict"] == "met"
+        and "hrnet_official C=30" in by_name["c30_flop_utilisation"]["what"]
+    )
+    assert by_name["paper_profile_minutes"]["verdict"] == "not measured"  # one run not estimated
+    assert "1 of 2 runs estimated" in by_name["paper_profile_minutes"]["detail"]
+    assert targets.graphs_decision(tmp_path).startswith("GRAPHS_WIN_MEASURED = True: graphs run 1.25x eager")
+    text = targets.format_targets(tmp_path)
+    assert "| batch 16: our fastest path / our plain fp32 path | 3.5 | >= 3 | met |" in text
+    assert "CUDA tests: pytest_cuda.txt missing" in text and "gpucheck.csv: missing or empty" in text
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert {row["verdict"] for row in targets.read_targets(empty)} == {"not measured"}
+    assert "undecided" in targets.graphs_decision(empty)

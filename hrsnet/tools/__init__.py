@@ -1,1 +1,1 @@
-"""Tools the command line runs: the benchmark, time estimates and the GPU checks."""
+"""Tools the command line runs: the benchmark, time estimates, the GPU checks and the docs' generated tables."""

@@ -28,9 +28,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision import transforms
 
 from ..config import TrainConfig
 from ..data import preprocess
@@ -106,6 +104,9 @@ BENCH_COLUMNS = [
     "peak_tflops",
     "flop_utilisation",
 ]
+# Columns added after the first version, with the value an earlier row means: read_bench_csv
+# reads older files (results/bench/ holds some) with these filled.
+ADDED_COLUMNS = {"graphs": "False", "compile_seconds": "nan"}
 ROW_KEY = ("group", "model", "width", "setting", "variant")  # what --resume matches rows by
 PARTS = ("grid", "peer", "ablation", "preprocessing")  # what --only can name, besides NETWORK:C
 
@@ -187,6 +188,14 @@ def ablation_variants(device: torch.device, include_compile: bool) -> list[Varia
         if device.type == "cuda":
             steps.append(dataclasses.replace(eager, name="+ torch.compile reduce-overhead", compile="reduce-overhead"))
     return steps
+
+
+def ablation_chunks(variants: list[Variant]) -> list[list[Variant]]:
+    """The ablation's variants in the groups measured (and written) together: the eager steps side
+    by side (interleaved timing), then each variant whose warm-up compiles or captures (minutes for
+    torch.compile) on its own, so a run stopped during one keeps every row measured before it."""
+    eager = [v for v in variants if v.compile == "none" and not v.graphs]
+    return ([eager] if eager else []) + [[v] for v in variants if v not in eager]
 
 
 def timm_variant(device: torch.device) -> Variant:
@@ -426,6 +435,7 @@ class BenchOptions:
     only: tuple[str, ...] = ()  # parts (PARTS) and grid cells NETWORK:C; empty: everything
     resume: bool = False  # keep the CSV's rows and measure only the missing ones
     grid_variant: str = "default"  # the grid's switches: default, graphs (CUDA) or plain
+    flops: bool = True  # count FLOPs per image (seconds per network at 224px): FLOP utilisation
 
 
 def log(message: str, quiet: bool = False) -> None:
@@ -457,16 +467,29 @@ def _row_key(row: dict[str, Any]) -> tuple[str, ...]:
 
 
 def read_bench_csv(path: Path) -> list[dict[str, str]]:
-    """The complete rows of a bench CSV (a line cut short by a killed run is left out)."""
-    if not path.exists():
+    """The complete rows of a bench CSV (a line cut short by a killed run is left out), in this
+    version's columns: a file of an earlier version (without the columns in ADDED_COLUMNS) is read
+    with those columns filled as its rows meant them."""
+    if not path.exists() or not path.stat().st_size:
         return []
     with open(path, newline="") as stream:
         reader = csv.DictReader(stream)
-        if reader.fieldnames != BENCH_COLUMNS:
+        header = list(reader.fieldnames or [])
+        absent = [column for column in BENCH_COLUMNS if column not in header]
+        known = [column for column in BENCH_COLUMNS if column in header] == header
+        missing = [column for column in absent if column not in ADDED_COLUMNS]
+        unknown = [column for column in header if column not in BENCH_COLUMNS]
+        if missing or unknown or not known:
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"unknown {', '.join(unknown)}"] if unknown else []
+            problem = "; ".join(problems) or "in another order"
             raise ValueError(
-                f"{path} has other columns than this version writes; move it away, or rerun without --resume"
+                f"{path} is not a bench CSV this version can read (columns: {problem}); "
+                f"regenerate it with python -m hrsnet bench --output {path}, or move it away"
             )
-        return [row for row in reader if None not in row.values() and None not in row]
+        filled = {column: ADDED_COLUMNS[column] for column in absent}
+        complete = [{**row, **filled} for row in reader if None not in row.values() and None not in row]
+        return [{column: row[column] for column in BENCH_COLUMNS} for row in complete]
 
 
 class BenchWriter:
@@ -539,7 +562,9 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
             return
         for name, _, width, _ in cases:
             if (name, width, setting.image_size) not in flops_cache:
-                flops_cache[(name, width, setting.image_size)] = train_flops_per_image(name, width, setting.image_size)
+                flops_cache[(name, width, setting.image_size)] = (
+                    train_flops_per_image(name, width, setting.image_size) if options.flops else math.nan
+                )
         batch = setting
         while True:
             try:
@@ -609,16 +634,10 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
                 setting,
                 "peer",
             )
-    if "ablation" in parts:  # each fast path added in turn, all interleaved
+    if "ablation" in parts:
         ablation_setting = next((s for s in settings if s.batch_size == 16), settings[0])
-        record(
-            [
-                ("hrnet_official", "hrnet_official", 18, variant)
-                for variant in ablation_variants(device, include_compile)
-            ],
-            ablation_setting,
-            "ablation",
-        )
+        for chunk in ablation_chunks(ablation_variants(device, include_compile)):
+            record([("hrnet_official", "hrnet_official", 18, v) for v in chunk], ablation_setting, "ablation")
 
     rows = read_bench_csv(path)
     summary = summarise(pd.DataFrame(rows, columns=BENCH_COLUMNS), base["device_name"])
@@ -669,6 +688,8 @@ def compare_preprocessing(
 ) -> dict[str, float]:
     """Images/s of the device-resident batched preprocessing vs a per-image PIL pipeline
     (Resize + ToTensor + Normalize, as a torchvision Dataset with transforms does it)."""
+    from PIL import Image  # lazy: only this comparison needs PIL
+    from torchvision import transforms  # lazy: torchvision's import costs seconds in every bench process
 
     images = _source_batch(torch.device("cpu"), count)
     arrays = [image.permute(1, 2, 0).numpy() for image in images]

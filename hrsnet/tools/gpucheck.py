@@ -1,7 +1,8 @@
-"""``python -m hrsnet gpucheck``: correctness checks of the GPU fast paths, for a session with a GPU.
+"""``python -m hrsnet gpucheck``: correctness checks of the GPU fast paths, run on a machine with a GPU.
 
 Plain Python (no pytest, no papermill), one command, a summary table at the end and every
-number in ``<output>/gpucheck.csv``. Checks:
+number in ``<output>/gpucheck.csv`` (or the ``.csv`` path given), each row appended as soon as it
+is known: a run stopped by a timeout keeps what it checked. Checks, in this order:
 
 - fast_paths: each fast path against the plain fp32 eager step from the same weights, optimizer
   state and batch, step by step (as tests/test_bench.py does on a CPU): loss and update cosine
@@ -15,7 +16,8 @@ number in ``<output>/gpucheck.csv``. Checks:
   first-epoch training loss, and config.json records the graphs and the eagerly trained last
   batch (44 images in batches of 8: 3 warm-up steps, 2 replays, 1 eager partial batch).
 - no_host_sync: ``torch.cuda.set_sync_debug_mode("error")`` around an eager training step (as
-  the Trainer takes it, indices on the device) and around a graph replay.
+  the Trainer takes it, indices on the device) and around a graph replay, each also with
+  augmentation drawn on a CUDA generator of the run's own (``augment=True``).
 - checkpoint: a checkpoint written by a CPU Trainer resumes on the GPU (channels_last, fused)
   and gives the same next step; the GPU's checkpoint resumes on the CPU likewise.
 - deterministic: two short fit() runs with ``deterministic=True`` give identical histories.
@@ -57,7 +59,7 @@ from ..runtime import configure_determinism, make_optimizer, memory_format, reso
 from .bench import Setting, build_model, default_variant, device_name, device_slug, make_train_step
 
 NEEDS_CUDA = "skipped: needs CUDA"
-CHECKS = ("fast_paths", "graph_vs_eager", "fit_graphs", "no_host_sync", "checkpoint", "deterministic", "memory")
+CHECKS = ("no_host_sync", "graph_vs_eager", "fast_paths", "fit_graphs", "checkpoint", "deterministic", "memory")
 FP32_LOSS, FP32_COSINE, BF16_LOSS = 1e-4, 0.999, 0.04
 CSV_COLUMNS = ["check", "case", "step", "metric", "value", "limit", "status", "detail"]
 
@@ -75,13 +77,24 @@ class Row:
 
 
 class Report:
-    def __init__(self, quiet: bool = False):
+    """The checks' rows: each appended to ``path`` (if given) as soon as it is known, flushed, so
+    a run stopped by a timeout keeps every row measured before."""
+
+    def __init__(self, quiet: bool = False, path: Path | None = None):
         self.rows: list[Row] = []
         self.quiet = quiet
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as stream:
+                csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n").writeheader()
 
     def add(self, check, case, step, metric, value, limit="", status="info", detail="") -> Row:
         row = Row(check, case, str(step), metric, float(value), limit, status, detail)
         self.rows.append(row)
+        if self.path is not None:
+            with open(self.path, "a", newline="") as stream:
+                csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n").writerow(asdict(row))
         if not self.quiet and status != "info":
             print(f"  [{status}] {check} / {case} / step {step}: {metric} = {value:.4g} {limit} {detail}", flush=True)
         return row
@@ -126,13 +139,6 @@ class Report:
     @property
     def failed(self) -> bool:
         return any(row.status == "fail" for row in self.rows)
-
-    def write_csv(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(asdict(row) for row in self.rows)
 
 
 @dataclass(frozen=True)
@@ -362,46 +368,67 @@ def check_fit_graphs(report: Report, sizes: Sizes, device: torch.device, workdir
         report.fail("fit_graphs", case, error)
 
 
+NO_HOST_SYNC_CASES = (
+    "eager training step",
+    "eager training step, augmented",
+    "graph replay",
+    "graph replay, augmented",
+)
+
+
 def check_no_host_sync(report: Report, sizes: Sizes, device: torch.device) -> None:
-    """No host synchronisation inside an eager step or a graph replay."""
+    """No host synchronisation inside an eager step or a graph replay, with and without
+    augmentation (drawn on a CUDA generator of the run's own, as the Trainer does)."""
     if device.type != "cuda":
-        report.skip("no_host_sync", "eager training step")
-        report.skip("no_host_sync", "graph replay")
+        for case in NO_HOST_SYNC_CASES:
+            report.skip("no_host_sync", case)
         return
     images, labels = _source(device, sizes.batch_size * 4)
-    settings = StepSettings(sizes.image_size, "bf16", torch.channels_last)
     order = torch.randperm(len(labels), device=device)
+    for augment in (False, True):
+        _check_no_host_sync(report, sizes, device, images, labels, order, augment)
 
-    def guarded(case: str, step: Callable[[], Any]) -> None:
+
+def _guarded(report: Report, device: torch.device, case: str, step: Callable[[], Any]) -> None:
+    """``step`` once to warm up, then once under sync debug mode "error": a host sync raises."""
+    try:
+        step()  # warm-up outside the guard: cuDNN autotuning, lazy initialisation
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
         try:
-            step()  # warm-up outside the guard: cuDNN autotuning, lazy initialisation
-            torch.cuda.synchronize(device)
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            torch.cuda.synchronize(device)
-            report.judged("no_host_sync", case, 1, "host_syncs", 0, True, "== 0")
-        except Exception as error:
-            report.fail("no_host_sync", case, error)
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize(device)
+        report.judged("no_host_sync", case, 1, "host_syncs", 0, True, "== 0")
+    except Exception as error:
+        report.fail("no_host_sync", case, error)
 
+
+def _check_no_host_sync(report: Report, sizes: Sizes, device, images, labels, order, augment: bool) -> None:
+    suffix = ", augmented" if augment else ""
+    settings = StepSettings(sizes.image_size, "bf16", torch.channels_last, augment)
+    generator = torch.Generator(device=device).manual_seed(0) if augment else None
     model, optimizer = _model_and_optimizer(sizes, device, True, "fused")
     loss_sum = torch.zeros((), device=device)
 
-    def eager_step() -> None:  # as Trainer.train_one_epoch takes a step
+    def eager_step() -> None:  # as Trainer.train_one_epoch takes a step: indices and sums on the device
         nonlocal loss_sum
         index = order[: sizes.batch_size]
-        loss = _step(model, optimizer, images, labels, index, settings)
-        loss_sum += loss.detach() * len(index)
+        losses, _, _ = train_step(model, optimizer, [BatchShare(images, labels, index, generator)], settings)
+        loss_sum += losses[0].detach() * len(index)
 
-    guarded("eager training step", eager_step)
+    _guarded(report, device, f"eager training step{suffix}", eager_step)
+    case = f"graph replay{suffix}"
+    if augment and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        report.skip("no_host_sync", case, f"skipped: torch {torch.__version__} cannot replay a run's own generator")
+        return
     try:
         graph_model, graph_optimizer = _model_and_optimizer(sizes, device, True, "fused")
-        first = order[: sizes.batch_size]
-        graphed = GraphedTrainStep(graph_model, graph_optimizer, BatchShare(images, labels, first), settings)
+        share = BatchShare(images, labels, order[: sizes.batch_size], generator)
+        graphed = GraphedTrainStep(graph_model, graph_optimizer, share, settings)
     except Exception as error:
-        report.fail("no_host_sync", "graph replay", error)
+        report.fail("no_host_sync", case, error)
         return
 
     def replay() -> None:
@@ -409,7 +436,7 @@ def check_no_host_sync(report: Report, sizes: Sizes, device: torch.device) -> No
         losses, _, _ = graphed.step(order[sizes.batch_size : 2 * sizes.batch_size])
         loss_sum += losses[0] * sizes.batch_size
 
-    guarded("graph replay", replay)
+    _guarded(report, device, case, replay)
 
 
 def _tiny_config(results_dir: Path, sizes: Sizes, device: str, **overrides):
@@ -543,7 +570,11 @@ def add_gpucheck_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="tiny sizes on any device (the CPU: CUDA-only checks reported as skipped): exercises the code path",
     )
-    parser.add_argument("--output", default=None, help="folder for gpucheck.csv (default results/gpu/<device>)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="the CSV to write (a path ending in .csv) or a folder for gpucheck.csv (default results/gpu/<device>)",
+    )
     parser.add_argument(
         "--arch", default=None, help="network of the step-by-step checks (default hrnet_official; dry run hrnet)"
     )
@@ -553,6 +584,9 @@ def add_gpucheck_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="compared steps (default 3; dry run 1)")
     parser.add_argument("--only", nargs="+", choices=CHECKS, help="run only these checks")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile path (minutes)")
+    parser.add_argument(
+        "--memory-archs", nargs="+", choices=list_models(), default=None, help="memory: networks (default all)"
+    )
     parser.add_argument("--memory-widths", type=int, nargs="+", default=[2, 18, 30])
     parser.add_argument("--memory-batches", type=int, nargs="+", default=[16, 128])
     parser.add_argument("--quiet", action="store_true")
@@ -580,22 +614,28 @@ def run_gpucheck(args: argparse.Namespace) -> int:
         fit_image_size=32 if dry else 64,
     )
     output = Path(args.output) if args.output else Path("results") / "gpu" / device_slug(device)
+    path = output if output.suffix == ".csv" else output / "gpucheck.csv"
     checks = set(args.only or CHECKS)
-    report = Report(args.quiet)
+    report = Report(args.quiet, path)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"gpucheck on {device_name(device)} (torch {torch.__version__}){' [dry run]' if dry else ''}: {sizes}")
+    print(
+        f"gpucheck on {device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"cuDNN {torch.backends.cudnn.version()}){' [dry run]' if dry else ''}: {sizes}"
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpucheck-") as scratch:
         workdir = Path(scratch)
-        if "fast_paths" in checks:
-            check_fast_paths(report, sizes, device, compile_check=not args.no_compile)
-        if "graph_vs_eager" in checks:
-            check_graph_vs_eager(report, sizes, device, steps=max(sizes.steps, 2 if dry else 5))
-        if "fit_graphs" in checks:
-            check_fit_graphs(report, sizes, device, workdir)
+        # Cheapest and most telling first: a host sync or a graph that disagrees with its eager
+        # step says the rest is moot.
         if "no_host_sync" in checks:
             check_no_host_sync(report, sizes, device)
+        if "graph_vs_eager" in checks:
+            check_graph_vs_eager(report, sizes, device, steps=max(sizes.steps, 2 if dry else 5))
+        if "fast_paths" in checks:
+            check_fast_paths(report, sizes, device, compile_check=not args.no_compile)
+        if "fit_graphs" in checks:
+            check_fit_graphs(report, sizes, device, workdir)
         if "checkpoint" in checks:
             check_checkpoint(report, sizes, device, workdir)
         if "deterministic" in checks:
@@ -604,13 +644,11 @@ def run_gpucheck(args: argparse.Namespace) -> int:
             check_memory(
                 report,
                 device,
-                list(list_models()),
+                list(args.memory_archs or list_models()),
                 args.memory_widths,
                 args.memory_batches,
                 sizes.image_size,
             )
-    path = output / "gpucheck.csv"
-    report.write_csv(path)
     lines = report.summary()
     widths = {key: max([len(key)] + [len(str(line[key])) for line in lines]) for key in ("check", "case", "status")}
     print(f"\ngpucheck summary ({time.perf_counter() - started:.0f} s):")
