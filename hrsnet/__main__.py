@@ -1,10 +1,11 @@
-"""Command line: ``python -m hrsnet {train,summary,runs,bench,gpucheck,report} ...`` (``--help`` on each)."""
+"""Command line: ``python -m hrsnet {train,summary,runs,all,bench,gpucheck,report} ...`` (``--help`` on each)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -182,6 +183,32 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def gpu_list(text: str) -> tuple[str, ...]:
+    """argparse type: GPU indices (or UUIDs) separated by commas, e.g. 0,1."""
+    if not re.fullmatch(r"[0-9A-Za-z-]+(,[0-9A-Za-z-]+)*", text):
+        raise argparse.ArgumentTypeError(f"needs GPU indices separated by commas, e.g. 0,1; got {text!r}")
+    return tuple(text.split(","))
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineOptions, run_pipeline
+
+    options = PipelineOptions(
+        profile=args.profile,
+        seeds=args.seeds,
+        force=args.force,
+        only=args.only,
+        jobs=args.jobs,
+        gpus=args.gpus,
+        train=not args.no_train,
+        data_dir=args.data_dir,
+        results_dir=args.results_dir,
+        figures_dir=args.figures_dir,
+        task=args.task,
+    )
+    return run_pipeline(options)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import render_report
 
@@ -193,8 +220,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .tools.bench import BenchOptions, parse_setting, run_benchmark
-    from .tools.estimate import estimate_profile, estimate_totals
+    from .tools.estimate import describe_totals, estimate_profile, estimate_totals
 
+    if args.targets:
+        from .tools.targets import format_targets
+
+        if not os.path.isdir(args.targets):
+            raise ValueError(f"--targets takes the folder scripts/gpu_session.sh wrote; {args.targets} is none")
+        print(format_targets(args.targets))
+        return 0
     if args.estimate:
         rows = estimate_profile(
             args.estimate,
@@ -205,27 +239,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             histories=args.histories,
             bench_csv=args.bench_csv,
             wall_csv=args.wall_csv,
+            measure_missing=args.measure,
         )
         totals = estimate_totals(rows, args.jobs, args.speedup)
         if args.output:
             from .rundir import atomic_write
 
             atomic_write(args.output, lambda stream: pd.DataFrame(rows).to_csv(stream, index=False))
-        missing = totals["runs"] - totals["runs_measured"]
-        note = f" ({missing} runs not measured, left out)" if missing else ""
-        released, cap = totals["sequential_minutes_released"], totals["sequential_run_minutes"]
-        print(
-            f"profile {args.estimate}: at most {cap:.0f} minutes ({cap / 60:.1f} h) for {len(rows)} runs "
-            f"at the epoch limit; {released:.0f} minutes ({released / 60:.1f} h) at the authors' epoch counts{note}"
-        )
-        if args.jobs > 1:
-            print(
-                f"  {args.jobs} concurrent jobs, measured speedup {totals['speedup']:.2f}x: "
-                f"{totals['concurrent_run_minutes']:.0f} minutes at the limit, "
-                f"{totals['concurrent_minutes_released']:.0f} at the authors' counts"
+        if not totals["runs_measured"]:
+            raise ValueError(
+                f"no run of profile {args.estimate} could be estimated ({max((r['source'] for r in rows), key=len)}); "
+                "give --bench-csv "
+                f"with rows at its image size and batch, histories of runs there, or --measure to measure here"
             )
-        if not all(row["validation_counted"] for row in rows if row["source"] != "not measured"):
-            print("  note: validation time not measured for some runs (history without val_seconds): left out")
+        print("\n".join(describe_totals(args.estimate, rows, totals)))
         if args.output:
             print(f"written: {args.output}")
         return 0
@@ -248,6 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         only=tuple(args.only or ()),
         resume=args.resume,
         grid_variant=args.grid_variant,
+        flops=not args.no_flops,
     )
     rows, summary, path = run_benchmark(options)
     columns = [
@@ -275,6 +303,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         print(f"{key}: {value:.3g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"written: {path}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .tools.docs import stale_blocks, write_blocks
+
+    if args.check:
+        stale = stale_blocks()
+        for block in stale:
+            print(f"stale: {block} (python -m hrsnet docs rewrites it)", file=sys.stderr)
+        return 1 if stale else 0
+    for block in write_blocks():
+        print(f"rewritten: {block}")
     return 0
 
 
@@ -336,6 +377,68 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--data-dir", default=None)
     runs.set_defaults(handler=cmd_runs)
 
+    import dataclasses
+
+    from .config import TrainConfig
+
+    every = commands.add_parser(
+        "all",
+        help="the whole report: train every run of a profile, then the figures and report.html (./run_all.sh)",
+        description="Trains every run of the profile (one training notebook per network x C, with all its\n"
+        "seeds), then executes the architecture and figures notebooks and writes RESULTS_DIR/report.html.\n"
+        "Each run's outcome is read from its run directory. Ctrl-C or SIGTERM stops every job at its\n"
+        "last completed epoch (exit 130 or 143); the same command again resumes, and finished runs are\n"
+        "skipped. On a Slurm cluster, scripts/slurm/submit.sh trains each run as an array task (--task).",
+        epilog="profiles:\n" + describe_profiles(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    every.add_argument(
+        "--profile",
+        default="auto",
+        help="a built-in profile (below), a .toml file, or auto (default): paper with a CUDA GPU, else quick",
+    )
+    every.add_argument(
+        "--seeds", type=positive_int, default=None, metavar="N", help="seeds 0..N-1 instead of the profile's seeds"
+    )
+    every.add_argument("--force", action="store_true", help="rerun finished runs from scratch")
+    every.add_argument("--only", default=None, metavar="RUN_ID|ARCH", help="only the runs with this run id or network")
+    every.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train up to N networks x C at once (default 1): one GPU each (CUDA_VISIBLE_DEVICES, round-robin "
+        "over --gpus), or on a CPU a share of the cores each (OMP_NUM_THREADS)",
+    )
+    every.add_argument(
+        "--gpus",
+        type=gpu_list,
+        default=None,
+        metavar="LIST",
+        help="the GPUs to use, e.g. 0,1 (default with --jobs: every visible GPU)",
+    )
+    every.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: only the architecture and figures notebooks and the report (scripts/slurm/figures.sbatch)",
+    )
+    every.add_argument(
+        "--data-dir",
+        default=os.environ.get("HRSNET_DATA"),
+        metavar="DIR",
+        help=next(f for f in dataclasses.fields(TrainConfig) if f.name == "data_dir").metadata["help"],
+    )
+    every.add_argument("--results-dir", default="results", metavar="DIR", help="runs/, notebooks/ and report.html")
+    every.add_argument("--figures-dir", default="figures", metavar="DIR", help="figures, one folder per profile")
+    every.add_argument(
+        "--task",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="train only row INDEX of `python -m hrsnet runs` (a Slurm array task: scripts/slurm/train_array.sbatch)",
+    )
+    every.set_defaults(handler=cmd_all)
+
     bench = commands.add_parser("bench", help="throughput, memory and FLOP utilisation, side by side with timm")
     bench.add_argument("--arch", action="append", help="network (repeatable; default: all three)")
     bench.add_argument("--width", type=int, nargs="+", default=[2, 18, 30])
@@ -366,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-ablation", action="store_true", help="skip the fast-path ablation")
     bench.add_argument("--no-preprocessing", action="store_true", help="skip the preprocessing comparison")
     bench.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip counting FLOPs per image (seconds per network at 224px): TFLOP/s and utilisation left empty",
+    )
+    bench.add_argument(
         "--only",
         nargs="+",
         metavar="PART",
@@ -395,12 +503,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--wall-csv", default=None, help="--estimate: run_id,wall_seconds of the runs in --histories (start-up, test)"
     )
+    bench.add_argument(
+        "--measure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--estimate: measure here the networks x C that no history or bench row covers at the profile's "
+        "image size and batch (default: only when neither --histories nor --bench-csv is given)",
+    )
     bench.add_argument("--jobs", type=positive_int, default=1, help="--estimate: concurrent jobs on the device")
     bench.add_argument(
         "--speedup",
         type=float,
         default=None,
         help="--estimate: measured combined throughput of --jobs concurrent jobs over one job alone (default 1)",
+    )
+    bench.add_argument(
+        "--targets",
+        metavar="FOLDER",
+        default=None,
+        help="instead: print the performance targets against the files scripts/gpu_session.sh wrote in FOLDER",
     )
     bench.add_argument("--results-dir", default="results")
     bench.add_argument(
@@ -420,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_gpucheck_arguments(gpucheck)
     gpucheck.set_defaults(handler=cmd_gpucheck)
 
+    docs = commands.add_parser("docs", help="rewrite the tables in README.md and docs/ that mirror the code")
+    docs.add_argument("--check", action="store_true", help="only say which tables differ from the code (exit 1 if any)")
+    docs.set_defaults(handler=cmd_docs)
+
     report = commands.add_parser("report", help="merge executed notebooks into one HTML page, code hidden")
     report.add_argument("notebooks", nargs="+", help="executed notebooks, in page order")
     report.add_argument("--output", default="results/report.html")
@@ -427,11 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TERMINATED_EXIT = 143  # what `train` returns after SIGTERM: 128 + 15, as a shell reports a process it ended
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataNotFoundError
     from .engine.checkpoint import CheckpointError
     from .rundir import RunFileError
+    from .runs.launch import Terminated
     from .runs.lock import RunLockedError
 
     try:
@@ -440,10 +569,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line here; the cause stays chained on the exception for notebook users.
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
+    except Terminated:  # SIGTERM (kill, Slurm)
+        print("terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if exit_code == TERMINATED_EXIT:  # a second SIGTERM while Python shuts down would turn 143 into a kill
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(exit_code)

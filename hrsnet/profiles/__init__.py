@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, setting_names
+from ..config import TrainConfig, from_text, setting_names, settings_from_text
 from ..models import list_models
 
 if sys.version_info >= (3, 11):
@@ -161,6 +161,10 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     unknown = sorted(set(values) - set(PROFILE_KEYS))
     if unknown:
         _fail(str(path), f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PROFILE_KEYS)}")
+    settings = values.get("settings")
+    if isinstance(settings, dict) and isinstance(settings.get("data_dir"), str):
+        # Relative to this file, not to where a command runs (the notebooks run in notebooks/).
+        settings["data_dir"] = str((path.parent / Path(settings["data_dir"]).expanduser()).resolve())
     base = values.pop("base", None)
     if base is None:
         return {"name": path.stem, **values}
@@ -305,6 +309,92 @@ def run_config(
     if data_dir is not None:
         settings["data_dir"] = str(data_dir)
     return TrainConfig.from_settings(settings)
+
+
+# The training notebook's parameters (notebooks/01_train.ipynb) besides run_config's arguments and
+# TrainConfig's own quiet: name -> (declared type, what is allowed). ``seed_runs`` checks them.
+NOTEBOOK_PARAMETERS: dict[str, tuple[type, str]] = {
+    "seeds": (list, "a non-empty list of distinct whole numbers >= 0, e.g. [0, 1, 2]"),
+    "force": (bool, "True or False (True starts finished runs over)"),
+    "pack": (bool, "True or False (True trains the seeds as one packed network)"),
+    "settings": (dict, 'a dict of TrainConfig settings that override the profile, e.g. {"epochs": 3}'),
+}
+# Settings that come from a parameter of their own, never from ``settings``.
+OWN_PARAMETERS = {
+    "arch": "arch",
+    "width": "width",
+    "seed": "seeds",
+    "results_dir": "results_dir",
+    "data_dir": "data_dir",
+    "quiet": "quiet",
+}
+
+
+@dataclass(frozen=True)
+class SeedRuns:
+    """What the training notebook trains: the runs of one network x C of a profile, one per seed."""
+
+    profile: str
+    why: str
+    configs: tuple[TrainConfig, ...]
+    force: bool
+    pack: bool
+
+    def describe(self) -> str:
+        return f"profile {self.profile} ({self.why}); runs {', '.join(config.run_id for config in self.configs)}"
+
+
+def _parameter(name: str, value: Any) -> Any:
+    """A notebook parameter of NOTEBOOK_PARAMETERS, converted from text where it may be and checked."""
+    kind, allowed = NOTEBOOK_PARAMETERS[name]
+    value = from_text(name, kind, value)
+    if kind is list:
+        ok = isinstance(value, (list, tuple)) and value and all(_whole(seed, 0) for seed in value)
+        if not ok or len(set(value)) < len(value):
+            raise ValueError(f"{name} must be {allowed}; got {value!r}")
+        return tuple(value)
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    return value
+
+
+def seed_runs(
+    profile: str | Path,
+    arch: str,
+    width: int | str,
+    seeds: Any,
+    results_dir: str | Path = "results",
+    data_dir: str | Path | None = None,
+    force: Any = False,
+    pack: Any = True,
+    quiet: Any = False,
+    settings: Any = None,
+) -> SeedRuns:
+    """The runs the training notebook's parameters describe, every parameter checked by its declared
+    type (TrainConfig's fields, NOTEBOOK_PARAMETERS) as the command line checks it: ``force="false"``
+    is False, and a bad value is a ValueError naming the parameter and what is allowed."""
+    seed_list = _parameter("seeds", seeds)
+    force, pack = _parameter("force", force), _parameter("pack", pack)
+    settings = _parameter("settings", {} if settings is None else settings)
+    clash = sorted(set(settings) & set(OWN_PARAMETERS))
+    if clash:
+        raise ValueError(
+            f"settings must not set {clash[0]}: it comes from the parameter {OWN_PARAMETERS[clash[0]]} "
+            f"(settings may hold any other TrainConfig setting, e.g. {{'epochs': 3}})"
+        )
+    overrides = settings_from_text({**settings, "width": width, "quiet": quiet, "data_dir": data_dir})
+    width, quiet, data_dir = overrides.pop("width"), overrides.pop("quiet"), overrides.pop("data_dir")
+    for name, value in (("results_dir", results_dir), ("data_dir", data_dir)):
+        if not (isinstance(value, (str, Path)) or (name == "data_dir" and value is None)):
+            allowed = "a folder path" + (" or None" if name == "data_dir" else "")
+            raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    name, why = resolve_profile(profile)
+    spec = load_profile(name)
+    configs = tuple(
+        run_config(spec, arch, width, results_dir, data_dir, quiet=quiet, **{**overrides, "seed": seed})
+        for seed in seed_list
+    )
+    return SeedRuns(name, why, configs, force, pack)
 
 
 def profile_runs(
