@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import json
 import os
 import re
@@ -46,6 +47,7 @@ import torch
 from . import rundir
 from .config import TrainConfig
 from .profiles import load_profile, profile_runs, resolve_profile
+from .provenance import git_commit, machine_text, tree_modified
 from .runs.lifecycle import check_run
 from .runs.lock import RunLock, RunLockedError, describe_holder, lock_state
 
@@ -505,6 +507,8 @@ class Pipeline:
         self.failed_notebooks: list[str] = []
         self.stop = Stop()
         self.started = time.monotonic()
+        self.runs_in_profile = 0
+        self.runs_trained = 0  # runs handed to a training job by this pipeline (finished ones are skipped)
 
     # -- helpers
 
@@ -552,6 +556,7 @@ class Pipeline:
             raise ValueError("--task trains one run: it takes neither --no-train nor --jobs")
         say(f"profile: {self.profile} ({self.why})")
         configs = self._configs()
+        self.runs_in_profile = len(configs)
         gpus = job_gpus(options.gpus, options.jobs)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.notebook_dir.mkdir(parents=True, exist_ok=True)
@@ -665,6 +670,7 @@ class Pipeline:
             env,
         )
         job.start()
+        self.runs_trained += len(to_train)
         say("\n".join([f"{title}: started{where}", *notes]))
         return Running(group, title, job, to_train)
 
@@ -793,6 +799,7 @@ class Pipeline:
                     self.failed_notebooks.append(f"{FIGURES_NOTEBOOK}.ipynb")
                 if figures.error is None:
                     try:
+                        rundir.write_json(staging / name / rundir.PIPELINE_FILE, self._cost_record())
                         replace_folder(staging / name, target)
                     except OSError as error:
                         figures.error = f"{target}/ could not be replaced ({error})"
@@ -828,6 +835,22 @@ class Pipeline:
                 f"  runs:     {self.results_dir / 'runs'}/",
             ]
         )
+
+    def _cost_record(self) -> dict[str, Any]:
+        """What this pipeline cost, for pipeline.json beside the figures: wall time from its start to
+        the figures, the jobs, the runs it trained (a rerun that skips finished runs costs less), and
+        when, where and from which commit it ran."""
+        return {
+            "profile": self.spec.name,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "jobs": self.options.jobs,
+            "runs_in_profile": self.runs_in_profile,
+            "runs_trained": self.runs_trained,
+            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_text(),
+            "commit": git_commit(),
+            "tree_modified": tree_modified(),
+        }
 
     @staticmethod
     def _previous(report: Path) -> str:

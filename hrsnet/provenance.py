@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -32,6 +33,28 @@ def tree_modified() -> bool | None:
     """True when tracked files differ from the commit (uncommitted changes), None outside a git checkout."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return None if status is None else bool(status)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (platform.processor() is often just "x86_64")."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_text() -> str:
+    """The machine in words, for a dated measurement: its GPUs when CUDA sees any, else its CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+        gpus = names[0] if len(set(names)) == 1 else ", ".join(names)
+        return f"{len(names)} x {gpus}" if len(names) > 1 else gpus
+    return f"{cpu_model()}, {cores} cores, no GPU"
 
 
 def environment_info(device: torch.device) -> dict[str, Any]:

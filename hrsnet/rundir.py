@@ -81,6 +81,7 @@ EXAMPLES_FILE = "class_examples.npz"
 STATUS_FILE = "status"
 LAST_CHECKPOINT = "last.pt"
 TEMP_SUFFIX = ".tmp"
+PIPELINE_FILE = "pipeline.json"  # not a run file: what one ./run_all.sh cost, written beside its figures
 UNREADABLE = "unreadable"  # what read_status reports for a status file it cannot parse
 
 

@@ -748,10 +748,15 @@ def write_reference(
     reference_dir: str | Path = REFERENCE_DIR,
     readme: str | Path | None = README,
     data_dir: str | Path | None = None,
+    pipeline_record: str | Path | None = None,
 ) -> Report:
     """Regenerate the committed reference (``reference/<profile>/``: figures as PNG, tables, claims,
-    report.md) from the finished runs in ``results_dir``, and the README's findings block from it."""
+    report.md) from the finished runs in ``results_dir``, and the README's findings block from it.
+    ``pipeline_record``: the pipeline.json of the run_all.sh that trained them (its cost), copied beside."""
     report = make_report(results_dir, reference_dir, profile, data_dir, pdf=False)
+    if pipeline_record is not None and Path(pipeline_record).is_file():
+        record = json.loads(Path(pipeline_record).read_text())
+        rundir.write_json(Path(reference_dir) / report.collection.name / Path(pipeline_record).name, record)
     if readme is not None:
         path = Path(readme)
         block = readme_findings(Path(reference_dir) / report.collection.name, root=path.resolve().parent)
@@ -768,8 +773,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-dir", default=str(REFERENCE_DIR), help="where the reference goes")
     parser.add_argument("--readme", default=str(README), help="the README whose findings block is rewritten")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/")
+    parser.add_argument(
+        "--figures-dir", default="figures", help="where run_all.sh wrote the figures and its pipeline.json (its cost)"
+    )
     args = parser.parse_args(argv)
-    report = write_reference(args.results_dir, args.profile, args.reference_dir, args.readme, args.data_dir)
+    record = Path(args.figures_dir) / args.profile / rundir.PIPELINE_FILE
+    report = write_reference(args.results_dir, args.profile, args.reference_dir, args.readme, args.data_dir, record)
     missing = len(report.collection.missing) + len(report.collection.unreadable)
     print(f"{report.path} ({len(report.collection.finished)} finished runs, {missing} missing or unreadable)")
     return 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import math
 import os
-import platform
 import re
 import statistics
 import time
@@ -35,6 +35,7 @@ from ..data import preprocess
 from ..engine.cudagraphs import GraphedTrainStep
 from ..engine.step import BatchShare, StepSettings, train_step
 from ..models import create_model, list_models
+from ..provenance import cpu_model, git_commit
 from ..rundir import atomic_write
 from ..runtime import (
     autocast_context,
@@ -103,10 +104,12 @@ BENCH_COLUMNS = [
     "achieved_tflops",
     "peak_tflops",
     "flop_utilisation",
+    "measured",  # the UTC date of the measurement
+    "commit",  # the git commit of the code measured ("" outside a checkout)
 ]
 # Columns added after the first version, with the value an earlier row means: read_bench_csv
-# reads older files (results/bench/ holds some) with these filled.
-ADDED_COLUMNS = {"graphs": "False", "compile_seconds": "nan"}
+# reads older files (reference/bench/ holds some) with these filled.
+ADDED_COLUMNS = {"graphs": "False", "compile_seconds": "nan", "measured": "", "commit": ""}
 ROW_KEY = ("group", "model", "width", "setting", "variant")  # what --resume matches rows by
 PARTS = ("grid", "peer", "ablation", "preprocessing")  # what --only can name, besides NETWORK:C
 
@@ -222,7 +225,7 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def device_slug(device: torch.device) -> str:
@@ -546,7 +549,13 @@ def run_benchmark(options: BenchOptions) -> tuple[list[dict[str, Any]], dict[str
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    base = {"device": device_slug(device), "device_name": device_name(device), "torch": torch.__version__}
+    base = {
+        "device": device_slug(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "measured": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "commit": git_commit() or "",
+    }
     path = Path(options.output) if options.output else Path(options.results_dir) / "bench" / f"{base['device']}.csv"
     writer = BenchWriter(path, options.resume)
     flops_cache: dict[tuple[str, int, int], int] = {}

@@ -10,6 +10,7 @@ typed by hand or goes stale. The findings block is made from the committed refer
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from ..analysis.tables import markdown_table
 from ..config import settings_markdown
 from ..models import PRESETS, config_differences
 from ..profiles import PROFILES
-from ..rundir import atomic_write
+from ..rundir import PIPELINE_FILE, atomic_write
+from .bench import TIMM_PEER, read_bench_csv
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PACKAGE = REPOSITORY / "hrsnet"
@@ -49,20 +51,103 @@ def layout_markdown() -> str:
     return "\n".join(["| where | what |", "|---|---|", *rows])
 
 
+def pipeline_record(profile: str) -> dict | None:
+    """The committed pipeline.json of a profile's reference outputs (what run_all.sh cost), if any."""
+    path = REFERENCE_DIR / profile / PIPELINE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _commit(record: dict) -> str:
+    commit = (record.get("commit") or "not recorded")[:12]
+    return commit + (" with uncommitted changes" if record.get("tree_modified") else "")
+
+
+def measured_cost(record: dict) -> str:
+    """ "measured: 24 runs in 9.6 min with --jobs 2 on <machine> (<date>, commit <c>)"."""
+    minutes = record["seconds"] / 60
+    trained = record["runs_trained"]
+    runs = (
+        f"{trained} of {record['runs_in_profile']} runs" if trained != record["runs_in_profile"] else f"{trained} runs"
+    )
+    return (
+        f"measured: {runs} and the report in {minutes:.1f} min with --jobs {record['jobs']} on {record['machine']} "
+        f"({record['finished'][:10]}, commit {_commit(record)})"
+    )
+
+
 def profiles_markdown() -> str:
-    """The built-in profiles: what each trains and what it costs."""
+    """The built-in profiles: what each trains and what it costs (measured, where a reference run says)."""
     rows = []
     for profile in PROFILES.values():
         runs = len(profile.networks) * len(profile.widths) * len(profile.seeds)
+        record = pipeline_record(profile.name)
         rows.append(
             {
                 "profile": f"`{profile.name}`",
                 "what": profile.description,
                 "runs": f"{len(profile.networks)} networks x C in {{{', '.join(map(str, profile.widths))}}} "
                 f"x {len(profile.seeds)} seed{'s' if len(profile.seeds) != 1 else ''} ({runs})",
-                "cost": profile.cost,
+                "cost": profile.cost + (f"; {measured_cost(record)}" if record else ""),
             }
         )
+    return markdown_table(pd.DataFrame(rows))
+
+
+def pipeline_cost_markdown() -> str:
+    """Every committed pipeline.json: what one ./run_all.sh of a profile cost, where and when."""
+    rows = []
+    for path in sorted(REFERENCE_DIR.glob(f"*/{PIPELINE_FILE}")):
+        record = json.loads(path.read_text())
+        rows.append(
+            {
+                "profile": f"`{record['profile']}`",
+                "runs trained": f"{record['runs_trained']} of {record['runs_in_profile']}",
+                "jobs": record["jobs"],
+                "wall time": f"{record['seconds'] / 60:.1f} min",
+                "machine": record["machine"],
+                "date": record["finished"],
+                "commit": _commit(record),
+            }
+        )
+    if not rows:
+        return "No pipeline cost is committed yet (`reference/<profile>/pipeline.json`)."
+    return (
+        markdown_table(pd.DataFrame(rows))
+        + "\n\nThe wall time runs from the start of `./run_all.sh` to the figures in place (the report's HTML "
+        "follows in seconds); it includes each notebook's kernel start-up."
+    )
+
+
+def bench_cpu_markdown() -> str:
+    """Our hrnet_official C=18 against timm's hrnet_w18, side by side in one run, from each committed
+    bench CSV (reference/bench/): ratios only, with the machine, the date and the commit."""
+    rows = []
+    for path in sorted((REFERENCE_DIR / "bench").glob("*.csv")):
+        frame = pd.DataFrame(read_bench_csv(path))
+        peer = frame[frame["group"] == "peer"] if len(frame) else frame
+        for _, pair in peer.groupby("setting", sort=False):
+            ours, timm = pair[pair["model"] == "hrnet_official"], pair[pair["model"] == TIMM_PEER]
+            if not (len(ours) and len(timm)):
+                continue
+            first = ours.iloc[0]
+            size = f"{first['image_size']}x{first['image_size']}, batch {first['batch_size']}"
+            for what, column in (
+                ("training step", "train_images_per_second"),
+                ("inference", "inference_images_per_second"),
+            ):
+                ratio = float(ours[column].astype(float).max()) / float(timm[column].astype(float).iloc[0])
+                rows.append(
+                    {
+                        "ours / timm": f"{what}, {size}",
+                        "ratio": f"{ratio:.2f}",
+                        "machine": first["device_name"],
+                        "date": first["measured"] or "before dates were recorded",
+                        "commit": (first["commit"] or "not recorded")[:12],
+                        "file": f"[{path.name}](../reference/bench/{path.name})",
+                    }
+                )
+    if not rows:
+        return "No bench CSV is committed yet (`reference/bench/`)."
     return markdown_table(pd.DataFrame(rows))
 
 
@@ -89,6 +174,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "train-options": ("docs/cli.md", settings_markdown),
     "presets": ("docs/networks.md", presets_markdown),
     "architecture-table": ("docs/networks.md", architecture_markdown),
+    "pipeline-cost": ("docs/performance.md", pipeline_cost_markdown),
+    "bench-cpu": ("docs/performance.md", bench_cpu_markdown),
 }
 
 
