@@ -24,8 +24,8 @@
 # loop.csv, targets.csv, estimate.csv, memory.csv, run.log. Everything else (the runs) lives
 # in a temporary folder that is removed at the end.
 #
-# --dry-run: the same steps on the CPU at tiny sizes (digits at 32px, C=1 or 2; the smoke profile
-# for the estimate); what needs CUDA says so. tests/test_gpu_session.py runs it.
+# --dry-run: the same steps on the CPU at tiny sizes (digits at 32px, C=1 or 2, gpucheck on a shallower
+# network; the smoke profile for the estimate); what needs CUDA says so. tests/test_gpu_session.py runs it.
 #
 # Environment: PYTHON (default python3), TOTAL_SECONDS (default 480; 1920 with --dry-run), TIME_SCALE
 # (each command's cap multiplied; default 1; 4 with --dry-run), PEAK_TFLOPS (the bf16 peak
@@ -113,8 +113,9 @@ if ((dry)); then
     bench_sizes=(--warmup 0 --steps 1 --repeats 1 --no-compile)
     paper=paper:32:2 throughput=throughput:32:4 grid=paper:32:16 c30=hrnet_official:1 grid_widths=(1)
     profile=smoke seeds=(0 1)
+    # One training step an epoch (16 images at batch 16): epoch 2 is still timed apart from epoch 1.
     loop_model=(--arch hrnet --width 1) loop_data=(--dataset digits --image-size 32 --batch-size 16
-        --train-subset 32 --val-subset 16 --test-subset 16)
+        --train-subset 16 --val-subset 8 --test-subset 8)
     memory=(--memory-widths 1 --memory-batches 16 32)
 else
     device=cuda

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, train_on
+from conftest import SMALL_NETWORK, tiny_config, train_on
 
 from hrsnet.__main__ import main
 from hrsnet.data import load_dataset
@@ -149,14 +149,23 @@ def test_peak_table():
 
 
 def test_train_flops_count_forward_and_backward():
-    forward_only = bench.train_flops_per_image("hrnet", 2, 64)
+    """Forward + backward: about three forwards. Small sizes are counted on the CPU, large ones on
+    the meta device: the same number (it depends on shapes alone), checked here at one size, on
+    the small network (every kind of layer, a fraction of the meta device's seconds)."""
+    training = bench.train_flops_per_image("hrnet", 2, 64, **SMALL_NETWORK)
     from hrsnet.models import summary
 
-    forward = summary("hrnet", 2, 64).forward_flops
-    assert 2.5 * forward < forward_only < 3.5 * forward  # backward costs about twice the forward
+    forward = summary("hrnet", 2, 64, **SMALL_NETWORK).forward_flops
+    assert 2.5 * forward < training < 3.5 * forward  # backward costs about twice the forward
+    assert bench.train_flops_per_image("hrnet", 2, 64, device="meta", **SMALL_NETWORK) == training
+    with pytest.raises(ValueError, match="cpu or meta"):
+        bench.train_flops_per_image("hrnet", 2, 64, device="cuda")
 
 
 def test_bench_command_on_cpu(tmp_path, capsys):
+    """Every part at once (the default): grid, timm's peer, the ablation, preprocessing. FLOPs are
+    left out (--no-flops): counted through the command in the GPU script's dry run
+    (tests/test_gpu_session.py), and train_flops_per_image above."""
     code = main(
         [
             "bench",
@@ -174,6 +183,7 @@ def test_bench_command_on_cpu(tmp_path, capsys):
             "1",
             "--results-dir",
             str(tmp_path),
+            "--no-flops",
             "--quiet",
         ]
     )
@@ -187,14 +197,20 @@ def test_bench_command_on_cpu(tmp_path, capsys):
     assert groups == {"grid", "peer", "ablation"}
     assert {row["model"] for row in rows} >= {"hrnet", "timm:hrnet_w18", "hrnet_official"}
     assert all(float(row["train_images_per_second"]) > 0 for row in rows)
+    assert all(math.isnan(float(row["train_gflops_per_image"])) for row in rows)  # --no-flops
+    ablation = [row["variant"] for row in rows if row["group"] == "ablation"]
+    assert ablation == [v.name for v in bench.ablation_variants(torch.device("cpu"), include_compile=False)]
 
 
 def test_estimate_command(capsys):
-    assert main(["bench", "--estimate", "smoke", "--steps", "1", "--warmup", "1", "--quiet"]) == 0
+    """No history or bench CSV: each network of the profile is measured here (one step each)."""
+    assert main(["bench", "--estimate", "smoke", "--steps", "1", "--warmup", "0", "--quiet"]) == 0
     assert "profile smoke: 4 runs, at most" in capsys.readouterr().out
 
 
-TINY_BENCH = ["--width", "1", "--settings", "tiny:32:4", "--warmup", "1", "--steps", "1", "--repeats", "1"]
+# One timed step per row, no warm-up, no FLOP count: these tests are about which rows are written.
+TINY_BENCH = ["--width", "1", "--settings", "tiny:32:4", "--warmup", "0", "--steps", "1", "--repeats", "1"]
+TINY_BENCH += ["--no-flops"]
 
 
 def _rows(path):
@@ -203,24 +219,29 @@ def _rows(path):
 
 
 def test_bench_only_and_resume(tmp_path, capsys):
-    """--only picks parts and grid cells; --resume measures only the rows the CSV lacks."""
+    """--only picks parts and grid cells; without --resume the file starts over; with --resume a
+    row the CSV has is kept as it was and not measured again. (test_bench_rows_survive_a_kill:
+    --resume measures the rows the CSV lacks; test_bench_command_on_cpu: every part.)"""
+    assert bench.parse_only(["grid", "ablation"], ("hrnet",)) == ({"grid", "ablation"}, set())
+    assert bench.parse_only(["peer", "hrnet:1"], ("hrnet",)) == ({"peer", "grid"}, {("hrnet", 1)})
+    with pytest.raises(ValueError, match="grid cell NETWORK:C"):
+        bench.parse_only(["hrnet:x"], ("hrnet",))
     output = tmp_path / "bench.csv"
-    args = ["bench", "--arch", "hrnet", *TINY_BENCH, "--output", str(output), "--quiet"]
+    earlier = {column: "1" for column in bench.BENCH_COLUMNS}
+    earlier.update(group="ablation", model="hrnet_official", width="18", setting="tiny", variant="plain fp32 eager")
+    bench.BenchWriter(output, resume=False).append([earlier])  # a row of an earlier run
+    # Without --resume the file starts over; the cell alone is measured (no peer, ablation or preprocessing).
+    args = ["bench", "--arch", "hrnet", *TINY_BENCH, "--output", str(output)]
     assert main([*args, "--only", "hrnet:1"]) == 0
     first = _rows(output)
     assert [(row["group"], row["model"], row["width"]) for row in first] == [("grid", "hrnet", "1")]
     assert list(first[0]) == bench.BENCH_COLUMNS and first[0]["compile_seconds"] == "nan"  # eager: no compile
-    with pytest.raises(ValueError, match="grid cell NETWORK:C"):
-        bench.parse_only(["hrnet:x"], ("hrnet",))
-    # Resume: the grid row is kept as it was, the ablation's rows are added.
-    assert main([*args, "--only", "grid", "ablation", "--resume"]) == 0
-    second = _rows(output)
-    assert second[0] == first[0]
-    assert [row["group"] for row in second] == ["grid"] + ["ablation"] * 3
+    assert "preprocess" not in capsys.readouterr().out
+    # --resume with every asked-for row present: the rows stay as they were, nothing is measured.
+    bench.BenchWriter(output, resume=True).append([earlier])
+    assert main([*args, "--only", "grid", "--resume", "--quiet"]) == 0
+    assert _rows(output) == [first[0], earlier]
     assert "written:" in capsys.readouterr().out
-    # Without --resume the file starts over.
-    assert main([*args, "--only", "hrnet:1"]) == 0
-    assert len(_rows(output)) == 1
 
 
 def test_bench_rows_survive_a_kill(tmp_path):
@@ -400,12 +421,12 @@ def test_estimate_command_says_when_it_cannot(tmp_path, capsys):
     assert "its real loop ran at 32px batch 16" in captured.err
 
 
-COMMITTED_BENCH = sorted((Path(__file__).resolve().parents[1] / "results" / "bench").glob("*.csv"))
+COMMITTED_BENCH = sorted((Path(__file__).resolve().parents[1] / "reference" / "bench").glob("*.csv"))
 
 
 @pytest.mark.parametrize("path", COMMITTED_BENCH, ids=[path.name for path in COMMITTED_BENCH])
 def test_committed_bench_csvs_are_read(path):
-    """The CSVs under results/bench/ were written before the graphs and compile_seconds columns:
+    """The CSVs under reference/bench/ were written before the graphs and compile_seconds columns:
     they are read, with those filled as their rows meant them."""
     rows = bench.read_bench_csv(path)
     assert rows and all(list(row) == bench.BENCH_COLUMNS for row in rows)

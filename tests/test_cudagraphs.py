@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_NETWORK
 
 from hrsnet.data import preprocess, random_crop_flip
 from hrsnet.engine import cudagraphs
@@ -16,9 +17,11 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA GPU; torch sees none here")
 
 
-def _model_and_data(seed=0):
+def _model_and_data(seed=0, small=True):
+    """hrnet C=1, on a CPU the small network (every kind of layer; what a step does, not its
+    depth, is under test), on a GPU the preset itself (graph capture of the whole network)."""
     torch.manual_seed(seed)
-    model = build_model("hrnet", 1)
+    model = build_model("hrnet", 1, **(SMALL_NETWORK if small else {}))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, foreach=True)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=generator)
@@ -79,8 +82,8 @@ def test_crop_flip_on_uint8_equals_the_float_crop():
 @needs_cuda
 def test_graph_replay_matches_eager_on_cuda():
     device = torch.device("cuda")
-    eager, eager_optimizer, images, labels = _model_and_data()
-    model, optimizer, _, _ = _model_and_data()
+    eager, eager_optimizer, images, labels = _model_and_data(small=False)
+    model, optimizer, _, _ = _model_and_data(small=False)
     eager.to(device)
     model.to(device)
     eager_optimizer = torch.optim.SGD(eager.parameters(), lr=0.005, momentum=0.9, fused=True)
@@ -102,7 +105,7 @@ def test_graph_replay_matches_eager_on_cuda():
 def _two_steps_on_one_batch(device: torch.device, capture: bool, augment: bool):
     """Logits of two steps on the same batch with lr 0 (the weights stay; train-mode BatchNorm
     uses the batch's statistics): equal unless the augmentation draws anew each step."""
-    model, _, images, labels = _model_and_data()
+    model, _, images, labels = _model_and_data(small=device.type == "cpu")
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     images, labels = images.to(device), labels.to(device)
@@ -157,12 +160,13 @@ def test_resolve_cuda_graphs_switch_and_reasons(monkeypatch):
 
 
 def _digits_trainer(results_dir, **settings):
+    """A Trainer of tiny_config on the small network: the loop and the optimizer are under test."""
     from conftest import tiny_config
 
     from hrsnet.data import load_dataset
     from hrsnet.engine.trainer import Trainer
 
-    config = tiny_config(results_dir, **settings)
+    config = tiny_config(results_dir, model_options=SMALL_NETWORK, **settings)
     data = load_dataset(config.dataset, seed=config.seed, train_subset=config.train_subset)
     return Trainer(config, data, torch.device("cpu"))
 

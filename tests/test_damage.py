@@ -3,9 +3,9 @@ checkpoints, a run folder removed while training, SIGTERM, and bad inputs. Each 
 repaired run or one clear line, lose no data, and never leave a damaged run called finished or
 breaking the figures of the others.
 
-One finished tiny run is trained once for the module; each test works on a copy of it (its
-checkpoints hard-linked: a run replaces a file by rename, and the tests unlink one before
-writing over it, so the original stays).
+One finished small run is trained once (conftest.finished_run); each test works on a copy of it
+(conftest.run_copy: its checkpoints hard-linked; a run replaces a file by rename, and the tests
+unlink one before writing over it, so the original stays).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import script_validation_losses, tiny_config
+from conftest import child_script, script_validation_losses, small_arguments, small_config, wait_until_held
 from fixture_runs import write_fixture_run
 
 import hrsnet.engine.trainer as train_module
@@ -41,50 +41,16 @@ from hrsnet.runs.lifecycle import check_run
 from hrsnet.runs.lock import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = dict(width=1, train_subset=32, val_subset=16, test_subset=32)
 
 
 def small(results_dir, **overrides):
-    return tiny_config(results_dir, **{**SETTINGS, **overrides})
+    """conftest.small_config: C=1, the smallest network, one batch per epoch."""
+    return small_config(results_dir, **overrides)
 
 
 def cli_arguments(results_dir, **overrides) -> list[str]:
     """`python -m hrsnet train` options of small(results_dir, **overrides)."""
-    settings = {
-        "width": 1,
-        "dataset": "digits",
-        "image-size": 32,
-        "train-subset": 32,
-        "val-subset": 16,
-        "test-subset": 32,
-        "epochs": 2,
-        "device": "cpu",
-        "results-dir": results_dir,
-        **{key.replace("_", "-"): value for key, value in overrides.items()},
-    }
-    return [item for key, value in settings.items() for item in (f"--{key}", str(value))] + ["--quiet"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished run (complete after 2 epochs, with last.pt), trained once for the module."""
-    config = small(tmp_path_factory.mktemp("finished"))
-    assert fit(config).status.state == "complete"
-    return config
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-    """A copy of the finished run in this test's folder: (config, run folder)."""
-    config = dataclasses.replace(finished_run, results_dir=str(tmp_path / "results"))
-
-    def copy(source, target):
-        (os.link if source.endswith(".pt") else shutil.copy2)(source, target)
-
-    shutil.copytree(
-        finished_run.run_dir(), config.run_dir(), copy_function=copy, ignore=shutil.ignore_patterns(LOCK_FILE)
-    )
-    return config, config.run_dir()
+    return small_arguments(results_dir, **overrides)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -334,20 +300,38 @@ def test_run_files_removed_while_training_are_written_again(tmp_path, monkeypatc
 # --- one damaged run among good ones: the figures -------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["per_class.csv-binary", "history.csv-non-number", "test_metrics.json-wrong shape"])
-def test_figures_render_with_a_damaged_run_among_good_ones(tmp_path, damage):
-    name, kind = damage.split("-", 1)
+# (run, file, damage): five runs of the smoke profile's eight (two seeds), each damaged its own way.
+FIGURE_DAMAGE = [
+    (1, "per_class.csv", lambda path: path.write_bytes(BINARY)),
+    (2, "history.csv", _rewrite_csv(_set_cell("val_loss", "abc"))),
+    (3, "test_metrics.json", DAMAGE[("test_metrics.json", "wrong shape")]),
+    (5, "config.json", lambda path: path.write_text(path.read_text()[:50])),  # truncated
+    (6, "config.json", _rewrite_json(lambda data: data["train"].update(lr=0.1))),  # edited: another run's
+]
+
+
+def test_figures_leave_out_damaged_runs_and_draw_the_rest(tmp_path):
+    """Damaged runs among good ones (a table, a history, test metrics; a truncated and an edited
+    config.json): each is left out as unreadable, naming its file; the others are drawn."""
     results = tmp_path / "results"
-    runs = profiles.profile_runs("smoke", results)
+    smoke = profiles.profile_runs("smoke", results)
+    runs = [*smoke, *(dataclasses.replace(config, seed=1) for config in smoke)]
     for config in runs:
         write_fixture_run(config, "complete", 3)
-    damaged = runs[1]
-    DAMAGE[(name, kind)](damaged.run_dir() / name)
-    report = plots.make_all_figures(results, tmp_path / "figures", "smoke", pdf=False)
-    assert [run.run_id for run in report.collection.runs] == [config.run_id for config in runs if config != damaged]
-    assert [(run.run_id, str(damaged.run_dir() / name) in why) for run, why in report.collection.unreadable] == [
-        (damaged.run_id, True)
-    ]
+    for index, name, damage in FIGURE_DAMAGE:
+        damage(runs[index].run_dir() / name)
+    report = plots.make_all_figures(results, tmp_path / "figures", "smoke", seeds=2, pdf=False)
+    damaged = {runs[index].run_id: runs[index].run_dir() / name for index, name, _ in FIGURE_DAMAGE}
+    drawn = sorted(config.run_id for config in runs if config.run_id not in damaged)
+    assert sorted(run.run_id for run in report.collection.runs) == drawn
+    assert sorted(run.run_id for run, _ in report.collection.unreadable) == sorted(damaged)
+    for run, why in report.collection.unreadable:
+        assert str(damaged[run.run_id]) in why, (run.run_id, why)
+    text = report.collection.describe()
+    edited = runs[6]
+    assert f"left out, unreadable: {edited.run_id} ({damaged[edited.run_id]} describes run" in text
+    assert f"left out, unreadable: {runs[5].run_id} ({damaged[runs[5].run_id]} is not readable JSON" in text
+    assert sorted(report.table["status"]) == ["complete"] * 3 + ["unreadable"] * 5
     assert report.figures and all(path.stat().st_size > 0 for path in report.figures)
 
 
@@ -367,38 +351,20 @@ def test_runs_names_the_damaged_file_and_what_a_rerun_does(tmp_path, capsys):
 # --- SIGTERM -------------------------------------------------------------------------------------
 
 
-def _child(arguments: list[str], module: str = "hrsnet") -> list[str]:
-    """A `python -m MODULE` child with Python's own SIGINT handler and the default SIGTERM (the
-    suite may run with either ignored, and a child inherits ignored signals)."""
-    code = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        f"signal.signal(signal.SIGTERM, signal.SIG_DFL); sys.argv = [{module!r}, *sys.argv[1:]]; "
-        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    )
-    return [sys.executable, "-c", code, *arguments]
-
-
 def _environment(**extra) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
-def _wait_for_epochs(process, history: Path, epochs: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= epochs + 1:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no epoch {epochs} in {history} (exit {process.poll()})")
-
-
 @pytest.mark.slow
 def test_sigterm_ends_train_like_ctrl_c(tmp_path):
-    """`kill` (twice) after the first epoch: status "interrupted after epoch N; run again to
-    resume", one line on stderr, exit 143, and `runs` says it resumes after epoch N."""
-    config = small(tmp_path, epochs=4, patience=10)
-    command = _child(["train", *cli_arguments(tmp_path, epochs=4, patience=10)])
+    """`kill` (twice) in epoch 2, one step into it: status "interrupted after epoch 1; run again to
+    resume", one line on stderr, exit 143, and `runs` says it resumes after epoch 1."""
+    config = small(tmp_path, epochs=3, patience=10, train_subset=32)
+    hold = tmp_path / "hold"
+    command = [sys.executable, child_script(hold, hold_epoch=2), "train"]
+    command += cli_arguments(tmp_path, epochs=3, patience=10, train_subset=32)
     process = subprocess.Popen(command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(process, config.run_dir() / rundir.HISTORY_FILE, 1)
+    wait_until_held(process, hold)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)  # again, as an impatient user or a launcher might: no other ending
@@ -406,31 +372,34 @@ def test_sigterm_ends_train_like_ctrl_c(tmp_path):
     assert process.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM); run the same command again to resume"
     assert "Traceback" not in stderr and not stdout
+    assert len(rundir.read_history(config.run_dir())) == 1
     status = rundir.read_status(config.run_dir())
-    epochs = len(rundir.read_history(config.run_dir()))
-    assert status == rundir.RunStatus("failed", f"interrupted after epoch {epochs}; run again to resume")
-    assert check_run(config.run_dir()).action == f"resume after epoch {epochs}"
+    assert status == rundir.RunStatus("failed", "interrupted after epoch 1; run again to resume")
+    assert check_run(config.run_dir()).action == "resume after epoch 1"
 
 
 @pytest.mark.slow
 def test_sigterm_to_torchrun_marks_the_run_interrupted_on_rank_0(tmp_path):
     """Slurm and `kill` signal torchrun, which passes SIGTERM on to its workers: rank 0 writes
-    "interrupted after epoch N", the other rank writes nothing, and each says so in one line."""
-    config = small(tmp_path, epochs=4, patience=10)
-    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "hrsnet", "train"]
-    command = _child([*torchrun, *cli_arguments(tmp_path, epochs=4, patience=10)], module="torch.distributed.run")
+    "interrupted after epoch 1", the other rank writes nothing, and each says so in one line.
+    Both ranks are one step into epoch 2 when torchrun is signalled."""
+    config = small(tmp_path, epochs=3, patience=10, train_subset=32)
+    hold = tmp_path / "hold"
+    torchrun = [child_script(hold, "torch.distributed.run"), "--standalone", "--nproc_per_node=2"]
+    command = [sys.executable, *torchrun, child_script(hold, hold_epoch=2), "train"]
+    command += cli_arguments(tmp_path, epochs=3, patience=10, train_subset=32)
     environment = _environment(HRSNET_DIST_TIMEOUT_S="60")
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(process, config.run_dir() / rundir.HISTORY_FILE, 1)
+    wait_until_held(process, hold, count=2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode != 0
     assert stderr.count("terminated (SIGTERM); run the same command again to resume") == 2, stderr[-3000:]
-    epochs = len(rundir.read_history(config.run_dir()))
+    assert len(rundir.read_history(config.run_dir())) == 1
     assert rundir.read_status(config.run_dir()) == rundir.RunStatus(
-        "failed", f"interrupted after epoch {epochs}; run again to resume"
+        "failed", "interrupted after epoch 1; run again to resume"
     )
-    assert check_run(config.run_dir()).action == f"resume after epoch {epochs}"
+    assert check_run(config.run_dir()).action == "resume after epoch 1"
 
 
 def test_sigterm_interrupts_packed_seeds_and_the_handler_is_restored(tmp_path, monkeypatch):

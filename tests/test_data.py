@@ -1,5 +1,7 @@
 """Datasets, splits and the device-side preprocessing."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -210,7 +212,22 @@ def test_synthetic_dataset_has_cifar_shapes_and_learnable_classes():
     assert (distances.argmin(axis=1) == test_y).mean() > 0.2  # chance is 0.01
 
 
-def test_synthetic_dataset_splits_like_cifar100():
+def test_synthetic_dataset_splits_like_cifar100(monkeypatch):
+    """CIFAR-100's sizes, 50,000 + 10,000 images, split 40,000 / 10,000 / 10,000. The loader's
+    request is checked at full size; the images are generated at a tenth of it (ten seconds
+    become one) and split as the full set would be, in proportion."""
+    generate = data.load_synthetic_arrays
+    assert inspect.signature(generate).parameters["sizes"].default == data.SYNTHETIC_SIZES == (50_000, 10_000)
+    asked = []
+
+    def at_a_tenth(sizes=data.SYNTHETIC_SIZES, **options):
+        asked.append(sizes)
+        return generate(tuple(size // 10 for size in sizes), **options)
+
+    monkeypatch.setattr(data, "load_synthetic_arrays", at_a_tenth)
     splits = load_dataset("synthetic", seed=0)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (40_000, 10_000, 10_000)
+    assert asked == [(50_000, 10_000)]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4_000, 1_000, 1_000)
+    assert splits.train.images.shape[1:] == (3, 32, 32) and splits.train.images.dtype == torch.uint8
+    assert data.dataset_spec("synthetic").stored == (60_000, 32)  # what memory checks count before loading
     assert splits.num_classes == 100 and data.DATASET_LABELS["synthetic"] == "synthetic (not CIFAR-100)"

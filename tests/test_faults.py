@@ -1,7 +1,8 @@
 """Fault injection: damaged, missing and foreign run files, bad flags with --force, two writers,
 unwritable and full folders. Each fault must lose no data and end in one clear line.
 
-The kill/interrupt cases of `train` are in test_train.py, those of run_all.sh in test_report.py.
+The kill/interrupt cases of `train` are in test_train.py, those of run_all.sh in test_report.py;
+figures drawn with unreadable and edited runs among good ones, in test_damage.py.
 """
 
 import dataclasses
@@ -10,19 +11,17 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import script_validation_losses, tiny_config
+from conftest import child_script, script_validation_losses, small_arguments, small_config, wait_until_held
 from fixture_runs import write_fixture_run
 
 import hrsnet.engine.trainer as train_module
 from hrsnet import profiles as experiments
 from hrsnet import rundir
 from hrsnet.__main__ import main
-from hrsnet.analysis import figures as plots
 from hrsnet.data import DataNotFoundError
 from hrsnet.engine.checkpoint import CheckpointError
 from hrsnet.runs import fit, lifecycle, preflight
@@ -33,10 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small(results_dir, **overrides):
-    """Smaller than tiny_config: width 1, 32 training images; seconds per run."""
-    settings = dict(width=1, train_subset=32, val_subset=16, test_subset=32)
-    settings.update(overrides)
-    return tiny_config(results_dir, **settings)
+    """conftest.small_config: C=1, the smallest network, one batch per epoch; seconds per run."""
+    return small_config(results_dir, **overrides)
 
 
 def snapshot(run_dir):
@@ -45,47 +42,20 @@ def snapshot(run_dir):
     }
 
 
-def small_run_arguments(results_dir, train_subset: int, epochs: int = 2) -> list[str]:
-    """`python -m hrsnet train` options of a small run, as small() describes."""
-    return [
-        "--width",
-        "1",
-        "--dataset",
-        "digits",
-        "--image-size",
-        "32",
-        "--train-subset",
-        str(train_subset),
-        "--val-subset",
-        "16",
-        "--test-subset",
-        "32",
-        "--epochs",
-        str(epochs),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--results-dir",
-        str(results_dir),
-    ]
-
-
 # --- data loss ------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_force_with_a_bad_device_keeps_the_finished_run(tmp_path):
-    config = small(tmp_path)
-    fit(config)
+def test_force_with_a_bad_device_keeps_the_finished_run(run_copy):
+    config, _ = run_copy
     before = snapshot(config.run_dir())
     with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
         fit(dataclasses.replace(config, device="cuda"), force=True)
     assert snapshot(config.run_dir()) == before
 
 
-def test_force_with_missing_data_keeps_the_finished_run(tmp_path, monkeypatch):
-    config = small(tmp_path)
-    fit(config)
+def test_force_with_missing_data_keeps_the_finished_run(run_copy, monkeypatch):
+    config, _ = run_copy
     before = snapshot(config.run_dir())
 
     def no_data(*args, **kwargs):
@@ -102,7 +72,7 @@ def test_a_second_writer_is_refused_and_names_the_holder(tmp_path, capsys):
     with RunLock(config.run_dir()):
         with pytest.raises(RunLockedError, match=f"is being trained by pid {os.getpid()} on host "):
             fit(config)
-        argv = ["train", *small_run_arguments(tmp_path, train_subset=32)]
+        argv = ["train", *small_arguments(tmp_path)]
         assert main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: run ") and "is being trained by pid" in error and "\n" not in error
@@ -111,21 +81,32 @@ def test_a_second_writer_is_refused_and_names_the_holder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_train_processes_on_one_run(tmp_path):
-    """The report's case: two `train` commands on one run. The second is refused; the first finishes."""
-    command = [sys.executable, "-m", "hrsnet", "train", *small_run_arguments(tmp_path, train_subset=64, epochs=3)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (lock and lock.stat().st_size > 0):
-        time.sleep(0.05)
-        runs = tmp_path / "runs"
-        lock = next(iter(runs.glob(f"*/{LOCK_FILE}")), None) if runs.exists() else None
-    assert first.poll() is None, "the first run ended before the second started"
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    """The report's case: two `train` commands on one run. The second is refused; the first finishes.
+    The first holds in its first epoch (conftest.child_script) until the second has been refused."""
+    hold = tmp_path / "hold"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    arguments = ["train", *small_arguments(tmp_path / "results", epochs=1)]
+    first = subprocess.Popen(
+        [sys.executable, child_script(hold, hold_epoch=1), *arguments],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_held(first, hold)
+        lock = next((tmp_path / "results" / "runs").glob(f"*/{LOCK_FILE}"))
+        assert lock.stat().st_size > 0  # the holder's pid and host
+        second = subprocess.run(
+            [sys.executable, "-m", "hrsnet", *arguments], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        (hold / "release").touch()
     assert second.returncode == 1 and f"is being trained by pid {first.pid}" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert json.loads(stdout)["status"] == "complete"
     assert rundir.read_status(lock.parent).finished and (lock.parent / rundir.TEST_METRICS_FILE).exists()
 
 
@@ -155,9 +136,8 @@ def test_a_deleted_best_checkpoint_still_lets_the_run_finish(tmp_path, monkeypat
     assert result.test_metrics["best"] is None and result.test_metrics["last"]["epoch"] == 2
 
 
-def test_a_garbage_status_file_is_named_and_repaired(tmp_path, capsys):
-    config = small(tmp_path)
-    fit(config)
+def test_a_garbage_status_file_is_named_and_repaired(run_copy):
+    config, _ = run_copy
     metrics = json.loads((config.run_dir() / rundir.TEST_METRICS_FILE).read_text())
     (config.run_dir() / rundir.STATUS_FILE).write_bytes(b"\xff\xfe\x00garbage")
     check = check_run(config.run_dir())
@@ -167,9 +147,9 @@ def test_a_garbage_status_file_is_named_and_repaired(tmp_path, capsys):
     assert json.loads((config.run_dir() / rundir.TEST_METRICS_FILE).read_text()) == metrics
 
 
-def test_a_finished_run_missing_its_metrics_is_repaired_from_the_checkpoint(tmp_path):
-    config = small(tmp_path)
-    first = fit(config)
+def test_a_finished_run_missing_its_metrics_is_repaired_from_the_checkpoint(run_copy):
+    config, _ = run_copy
+    first = rundir.read_run(config.run_dir())
     (config.run_dir() / rundir.TEST_METRICS_FILE).unlink()
     history = config.run_dir() / rundir.HISTORY_FILE
     history.write_text("\n".join(history.read_text().splitlines()[:-1]) + "\n")  # one epoch short
@@ -183,9 +163,8 @@ def test_a_finished_run_missing_its_metrics_is_repaired_from_the_checkpoint(tmp_
     assert repaired.test_metrics == first.test_metrics and len(repaired.history) == 2
 
 
-def test_a_finished_run_without_a_checkpoint_cannot_resume(tmp_path):
-    config = small(tmp_path)
-    fit(config)
+def test_a_finished_run_without_a_checkpoint_cannot_resume(run_copy):
+    config, _ = run_copy
     (config.run_dir() / rundir.TEST_METRICS_FILE).unlink()
     (config.run_dir() / rundir.LAST_CHECKPOINT).unlink()
     with pytest.raises(CheckpointError, match="cannot resume: no checkpoint .* rerun with --force"):
@@ -211,25 +190,6 @@ def test_runs_marks_a_stale_lock_and_what_a_rerun_does(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)[0]
     assert row["state"] == "running" and "its process died (the lock is stale)" in row["action"]
     assert row["action"].startswith("start")  # no checkpoint: it starts over
-
-
-def test_figures_leave_out_unreadable_and_edited_runs_and_draw_the_rest(tmp_path):
-    results = tmp_path / "results"
-    official, hrnet, hrsnet, *others = experiments.profile_runs("smoke", results)
-    for config in (official, hrnet, hrsnet, *others):
-        write_fixture_run(config, "complete", 3)
-    config_json = hrnet.run_dir() / rundir.CONFIG_FILE
-    config_json.write_text(config_json.read_text()[:50])  # truncated
-    edited = json.loads((hrsnet.run_dir() / rundir.CONFIG_FILE).read_text())
-    edited["train"]["lr"] = 0.1
-    (hrsnet.run_dir() / rundir.CONFIG_FILE).write_text(json.dumps(edited))
-    report = plots.make_all_figures(results, tmp_path / "figures", "smoke")
-    text = report.collection.describe()
-    assert f"left out, unreadable: {hrnet.run_id} ({config_json} is not readable JSON" in text
-    assert f"left out, unreadable: {hrsnet.run_id} ({hrsnet.run_dir() / 'config.json'} describes run" in text
-    assert [run.run_id for run in report.collection.runs] == [official.run_id] + [run.run_id for run in others]
-    assert sorted(report.table["status"]) == ["complete"] * (1 + len(others)) + ["unreadable", "unreadable"]
-    assert all(path.stat().st_size > 0 for path in report.figures)
 
 
 # --- unwritable and full folders -------------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 import pytest
 from fixture_runs import write_fixture_run
 
 from hrsnet import profiles as experiments
+from hrsnet.analysis import figures as plots
 from hrsnet.analysis import report as pages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,20 @@ def _fake_readme(path: Path) -> Path:
     return path
 
 
-def test_write_reference_is_one_call(tmp_path, monkeypatch):
+@pytest.fixture
+def small_figures(monkeypatch):
+    """save_figure as it is (PNG, and the PDF where asked for), at a low resolution: every figure is still
+    drawn and written, in a fraction of the time."""
+    save_figure = plots.save_figure
+
+    def save_small(fig, path_without_suffix, pdf=True):
+        with matplotlib.rc_context({"savefig.dpi": 30}):
+            return save_figure(fig, path_without_suffix, pdf)
+
+    monkeypatch.setattr(plots, "save_figure", save_small)
+
+
+def test_write_reference_is_one_call(tmp_path, monkeypatch, small_figures):
     """write_reference makes reference/<profile>/ (PNG figures, tables, claims, report.md) from a results
     folder and rewrites only the README's findings block, which then equals readme_findings of it."""
     results = tmp_path / "results"
@@ -78,7 +93,7 @@ def _with_architecture(make):
     return make_all_figures
 
 
-def test_the_reference_command(tmp_path, monkeypatch, capsys):
+def test_the_reference_command(tmp_path, monkeypatch, capsys, small_figures):
     results = tmp_path / "results"
     for config in experiments.profile_runs("smoke", results)[:2]:
         write_fixture_run(config, "complete", 2, num_classes=4)

@@ -1,6 +1,7 @@
 """The three networks: construction, structure, the timm peer check, inputs, errors, summary."""
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -50,7 +51,8 @@ def test_official_matches_timm_hrnet_w18():
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
     # Same module names as the official code: timm's state dict loads strictly.
     ours.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    # 64x64: every layer runs (its lowest branch 2x2) at a twelfth of 224x224's compute.
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, actual = reference(x), ours(x)
     assert expected.abs().max() > 1e-2  # not a degenerate all-zero comparison
@@ -67,10 +69,17 @@ def test_official_flops_match_timm():
     assert ours.parameters == sum(p.numel() for p in reference.parameters())
 
 
+@functools.cache
+def _evaluated(name: str, width: int, num_classes: int) -> nn.Module:
+    """A network in eval mode, built once for the tests that only run it forward under no_grad
+    (nothing in it changes there)."""
+    return create_model(name, width=width, num_classes=num_classes).eval()
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("size", [32, 64, 33, 50])
 def test_input_sizes(name, size):
-    model = create_model(name, width=2, num_classes=7).eval()
+    model = _evaluated(name, 2, 7)
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size))
     assert out.shape == (2, 7) and torch.isfinite(out).all()
@@ -78,7 +87,7 @@ def test_input_sizes(name, size):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_input_224_and_non_square(name):
-    model = create_model(name, width=1, num_classes=1).eval()
+    model = _evaluated(name, 1, 1)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1)
         assert model(torch.randn(1, 3, 40, 96)).shape == (1, 1)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from fixture_runs import write_fixture_run
+from imagefolder_fixture import CLASSES, write_image_folder
 
 from hrsnet import pipeline, profiles, rundir
 from hrsnet.__main__ import main
@@ -449,7 +450,9 @@ def test_a_failed_figures_notebook_keeps_the_previous_figures_and_says_why(fake,
     assert "[train] skipped (--no-train); 4 runs of profile smoke are not finished" in out
     old = {path.name: path.read_text() for path in (figures / "smoke").iterdir()}
     report = (results / "report.html").read_text()
+    assert json.loads(old.pop(rundir.PIPELINE_FILE))["profile"] == "smoke"  # the pipeline's record beside them
     assert old == {"fig6_accuracy.png": "old", "results_table.md": "old"} and "FAKE 02_figures old" in report
+    old = {path.name: path.read_text() for path in (figures / "smoke").iterdir()}
 
     fake.plan.update(mark="new", figures_error="OSError: [Errno 28] No space left on device: 'fig7_train_loss.png'")
     code, out, err = run_all(capsys, "--profile", "smoke", "--no-train", *paths)
@@ -478,7 +481,7 @@ def test_figures_replace_the_previous_set_whole(fake, tmp_path, capsys, monkeypa
         fake.plan["mark"] = f"set {swap}"
         code, out, err = run_all(capsys, "--profile", "smoke", "--no-train", *paths)
         assert code == 0, out + err
-        assert sorted(os.listdir(figures / "smoke")) == ["fig6_accuracy.png", "results_table.md"]
+        assert sorted(os.listdir(figures / "smoke")) == ["fig6_accuracy.png", rundir.PIPELINE_FILE, "results_table.md"]
         assert (figures / "smoke" / "results_table.md").read_text() == f"set {swap}"
         assert sorted(os.listdir(figures)) == ["smoke"]
 
@@ -620,10 +623,14 @@ def test_notebook_parameters_given_as_text_mean_what_the_command_line_means(tmp_
 
 
 @pytest.mark.slow
-def test_training_notebook_keeps_a_finished_run_when_force_is_the_text_false(tmp_path):
+def test_training_notebook_keeps_a_finished_run_when_force_is_the_text_false(tmp_path, monkeypatch):
     """`papermill notebooks/01_train.ipynb out.ipynb -p force false` used to delete a finished run and
-    train it again: the notebook reads its parameters through seed_runs, so "false" is False."""
+    train it again: the notebook reads its parameters through seed_runs, so "false" is False. It still
+    shows the run's curves, as an image (not "<Figure size ... with 2 Axes>"): the figures module keeps
+    the kernel's inline backend."""
     import papermill
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel chooses its own (inline), as in JupyterLab
 
     config = profiles.profile_runs("smoke", tmp_path, only="hrnet")[0]
     write_fixture_run(config, "complete", epochs=2)
@@ -648,26 +655,31 @@ def test_training_notebook_keeps_a_finished_run_when_force_is_the_text_false(tmp
         name: value for name, value in before.items() if name != ".lock"
     }
     assert "already complete" in (tmp_path / "out.ipynb").read_text()
+    shown = tmp_path / "out.ipynb"
+    assert _outputs(shown, "image/png"), "no image/png output"
+    for output in _outputs(shown, "text/plain"):  # a figure's text form only beside its image
+        assert "<Figure size" not in "".join(output["data"]["text/plain"]) or "image/png" in output["data"]
 
 
 # --- end to end ------------------------------------------------------------------------------------
 
 
-# One run, in epochs long enough that a stop lands inside one, and a figure of that network only.
+# One run on a small image folder (24 training images of 3 classes, batch 4: 6 steps an epoch, each
+# long enough that a stop sent after the first lands inside the next; on the CPU, as a GPU could finish
+# the run before the stop arrives), and one figure.
 E2E_PROFILE = """
-description = "one network at C=1 on digits, 4 short epochs: the pipeline end to end"
+description = "one network at C=1 on a small image folder, 3 short epochs: the pipeline end to end"
 networks = ["hrnet"]
 widths = [1]
 seeds = 1
 
 [settings]
-dataset = "digits"
+dataset = "imagefolder"
 image_size = 32
-epochs = 4
-patience = 4
-train_subset = 128
-val_subset = 32
-test_subset = 64
+batch_size = 4
+epochs = 3
+patience = 3
+device = "cpu"
 
 [figures.fig7_train_loss]
 kind = "training_loss"
@@ -676,22 +688,30 @@ title = "Training loss"
 """
 
 
+def _outputs(notebook: Path, mime: str) -> list[dict]:
+    cells = json.loads(notebook.read_text())["cells"]
+    return [output for cell in cells for output in cell.get("outputs", []) if mime in output.get("data", {})]
+
+
 @pytest.mark.slow
 def test_run_all_end_to_end_with_a_stop_and_a_resume(tmp_path):
-    """./run_all.sh on a one-run .toml profile, its folders with spaces and non-ASCII characters:
-    SIGTERM (kill, Slurm) after the first epoch stops the real training notebook at that epoch
-    (exit 143, the run says so, its lock is free); the same command again resumes the run, writes
-    the figures, the executed notebooks and the report, and exits 0."""
+    """./run_all.sh on a one-run .toml profile and an image folder, all its folders with spaces and
+    non-ASCII characters: SIGTERM (kill, Slurm) after the first epoch stops the real training notebook
+    at that epoch (exit 143, the run says so, its lock is free); the same command again resumes the run,
+    writes the figures, the executed notebooks (each figure shown as an image, once) and the report,
+    and exits 0."""
     root = tmp_path / ODD
     profile = root / "profil é" / "e2e.toml"
     profile.parent.mkdir(parents=True)
     profile.write_text(E2E_PROFILE)
-    (root / "données").mkdir()  # digits read no files; the folder's name still travels to each run
+    images = write_image_folder(root / "données", {"train": 10, "test": 2})
     results, figures = root / "résultats", root / "figures é"
     command = [str(REPO / "run_all.sh"), "--profile", str(profile), "--results-dir", str(results)]
-    command += ["--figures-dir", str(figures), "--data-dir", str(root / "données")]
-    run = profiles.profile_runs(str(profile), results, str(root / "données"))[0]
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    command += ["--figures-dir", str(figures), "--data-dir", str(images)]
+    run = profiles.profile_runs(str(profile), results, str(images))[0]
+    # One thread; no MPLBACKEND, so that each kernel chooses its own backend (inline), as in JupyterLab.
+    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
@@ -714,14 +734,27 @@ def test_run_all_end_to_end_with_a_stop_and_a_resume(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"profile: {profile} (asked for)"
-    assert f"  seed 0 ({run.run_id}): complete: reached the epoch limit (4)" in lines
-    assert rundir.read_history(run.run_dir())["epoch"].tolist() == [1, 2, 3, 4]  # resumed, no epoch twice
+    assert f"  seed 0 ({run.run_id}): complete: reached the epoch limit (3)" in lines
+    assert rundir.read_history(run.run_dir())["epoch"].tolist() == [1, 2, 3]  # resumed, no epoch twice
+    dataset = json.loads((run.run_dir() / rundir.CONFIG_FILE).read_text())["dataset"]
+    assert dataset["label"] == "image folder données" and dataset["folder"] == str(images)
+    assert list(rundir.read_run(run.run_dir()).per_class["class_name"]) == list(CLASSES)
     assert (figures / "e2e" / "results_table.md").exists() and sorted(os.listdir(figures)) == ["e2e"]
-    assert any(path.suffix == ".png" and path.stat().st_size > 5000 for path in (figures / "e2e").iterdir())
+    drawn = json.loads((figures / "e2e" / "figures.json").read_text())["figures"]
+    assert drawn == ["fig7_train_loss.png"]
+    assert all((figures / "e2e" / name).stat().st_size > 5000 for name in drawn)
     executed = sorted(path.name for path in (results / "notebooks").iterdir())
     names = ("train_e2e_hrnet_c1", "00_architecture", "02_figures")
     assert executed == sorted(f"{name}.{suffix}" for name in names for suffix in ("ipynb", "log"))
+    # The figures module keeps a kernel's inline backend: the training notebook holds its curves as an
+    # image (not "<Figure size ... with 2 Axes>"), and the figures notebook shows every figure once.
+    train_notebook = results / "notebooks" / "train_e2e_hrnet_c1.ipynb"
+    assert _outputs(train_notebook, "image/png"), "no image/png output"
+    for output in _outputs(train_notebook, "text/plain"):  # a figure's text form only beside its image
+        assert "<Figure size" not in "".join(output["data"]["text/plain"]) or "image/png" in output["data"]
+    assert len(_outputs(results / "notebooks" / "02_figures.ipynb", "image/png")) == len(drawn)
     report = (results / "report.html").read_text()
-    assert "<img" in report and "make_all_figures" not in report  # figures in, code hidden
+    assert report.count("<img") >= len(drawn) and "make_report" not in report  # figures in, code hidden
+    assert "Not the paper's setting" in report
     assert f"  report:   {results}/report.html" in lines and f"  figures:  {figures}/e2e/" in lines
     assert sorted(os.listdir(tmp_path)) == ["E3 dir"]  # nothing written beside the given folders

@@ -1,4 +1,5 @@
-"""Profiles, figures, the report page, notebooks and run_all.sh: the report end to end."""
+"""Profiles, figures, the report page and the notebooks' shape: the report from fixture runs (the notebooks
+executed, and ./run_all.sh, in test_pipeline.py)."""
 
 import ast
 import json
@@ -115,9 +116,13 @@ def fixture_results(tmp_path):
     return tmp_path / "results", {"complete": hrnet_official, "diverged": hrnet, "partial": hrsnet}
 
 
-def test_figures_from_fixture_runs(fixture_results, tmp_path):
+def test_figures_and_page_from_fixture_runs(fixture_results, tmp_path):
+    """make_report as the figures notebook calls it (parameter counts from the models), at full resolution
+    and with the PDFs: every figure, the tables and the page, which shows each figure once and names the
+    runs that did not finish. (The notebook itself runs in test_pipeline.py's end-to-end test.)"""
     results, runs = fixture_results
-    report = plots.make_all_figures(results, tmp_path / "figures", "smoke", architecture=ARCHITECTURE)
+    page = pages.make_report(results, tmp_path / "figures", "smoke")
+    report = page.figures
     assert [path.stem for path in report.figures] == FIGURE_STEMS
     for stem in FIGURE_STEMS:
         for suffix in (".png", ".pdf"):
@@ -131,10 +136,19 @@ def test_figures_from_fixture_runs(fixture_results, tmp_path):
     description = report.collection.describe()
     assert "running: " + runs["partial"].run_id in description and "diverged: " + runs["diverged"].run_id in description
     written = {path.name for path in (tmp_path / "figures" / "smoke").iterdir()}
-    assert {"summary.md", "paired.md", "claims.md", "cost.md", "cost.csv", "figures.json"} <= written
+    assert {"summary.md", "paired.md", "claims.md", "cost.md", "cost.csv", "figures.json", "report.md"} <= written
+    # What the notebook displays (display_blocks): each figure once, as an image; the runs' states in words
+    blocks = [*page.front, *page.claims, *page.details]
+    assert sorted(block.image.stem for block in blocks if block.image is not None) == sorted(FIGURE_STEMS)
+    shown = "\n".join(block.markdown for block in blocks if block.image is None and block.markdown)
+    assert f"running: {runs['partial'].run_id}" in shown and f"diverged: {runs['diverged'].run_id}" in shown
+    assert "Not the paper's setting" in shown
+    (counted,) = report.claims[report.claims["kind"] == "parameters"].itertuples(index=False)
+    assert counted.verdict != claim_rules.LEFT_OUT and "architecture table has no C" not in counted.note
 
 
-def test_missing_runs_are_listed_and_figures_still_render(tmp_path):
+def test_missing_runs_are_listed_and_figures_still_render(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "save_figure", _save_small_png)  # each figure still drawn, at a low resolution
     report = plots.make_all_figures(tmp_path / "empty", tmp_path / "figures", "quick", architecture=ARCHITECTURE)
     assert len(report.collection.missing) == 24 and set(report.table["status"]) == {"missing"}
     assert all(path.stat().st_size > 0 for path in report.figures)
@@ -414,7 +428,7 @@ def test_a_fifth_network_declared_by_a_profile_is_drawn_compared_and_decided(tmp
     profile.write_text(
         'base = "quick"\n'
         'networks = ["hrnet_official", "hrnet", "hrsnet", "hrsnet_skip", "hrsnet_wide"]\n'
-        "seeds = 2\n"
+        "widths = [2]\nseeds = 2\n"
         '[[comparisons]]\na = "hrsnet_wide"\nb = "hrsnet"\n'
         '[[claims]]\nkind = "more_accurate"\nnetworks = ["hrsnet_wide", "hrnet"]\n'
         '[[claims]]\nkind = "differs"\nnetworks = ["hrsnet_wide", "hrsnet"]\n'
@@ -467,17 +481,22 @@ def test_analysis_code_names_no_network():
 # --- the report page -------------------------------------------------------------------------------
 
 
-def _quick_report(tmp_path, monkeypatch, seeds=SEEDS) -> pages.Report:
-    results = tmp_path / "results"
-    _write_seeds(results, tmp_path, seeds=seeds)
-    monkeypatch.setattr(plots, "save_figure", _save_small_png)
-    return pages.make_report(
-        results, tmp_path / "figures", "quick", tmp_path, k=2, seeds=len(seeds), architecture=ARCHITECTURE
-    )
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory) -> pages.Report:
+    """The quick profile's page from 3 seeds of known values, made once for the tests that read it
+    (each reads another part; none changes it)."""
+    root = tmp_path_factory.mktemp("quick_report")
+    results = root / "results"
+    _write_seeds(results, root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "save_figure", _save_small_png)
+        return pages.make_report(
+            results, root / "figures", "quick", root, k=2, seeds=len(SEEDS), architecture=ARCHITECTURE
+        )
 
 
-def test_the_page_opens_with_scope_finding_summary_and_claims(tmp_path, monkeypatch):
-    report = _quick_report(tmp_path, monkeypatch)
+def test_the_page_opens_with_scope_finding_summary_and_claims(quick_report):
+    report = quick_report
     text = report.path.read_text()
     assert text == report.markdown(relative_to=report.path.parent)
     front = pages.blocks_markdown(report.front)
@@ -507,8 +526,8 @@ def test_the_page_opens_with_scope_finding_summary_and_claims(tmp_path, monkeypa
     assert "**Supported:**" in front or "**Not decided:**" in front or "**Contradicted:**" in front
 
 
-def test_each_claim_in_turn_with_its_numbers_and_figure(tmp_path, monkeypatch):
-    report = _quick_report(tmp_path, monkeypatch)
+def test_each_claim_in_turn_with_its_numbers_and_figure(quick_report):
+    report = quick_report
     claims_text = pages.blocks_markdown(report.claims)
     for text in claim_rules.CLAIM_TEXTS.values():
         assert f'> "{text.quote}"' in claims_text
@@ -533,8 +552,8 @@ def test_each_claim_in_turn_with_its_numbers_and_figure(tmp_path, monkeypatch):
     assert "P(HRSNet lower) = " in claims_text
 
 
-def test_details_say_how_to_read_and_drop_repeated_rows(tmp_path, monkeypatch):
-    report = _quick_report(tmp_path, monkeypatch)
+def test_details_say_how_to_read_and_drop_repeated_rows(quick_report):
+    report = quick_report
     details = pages.blocks_markdown(report.details)
     assert "**What a seed varies:** the initialisation, the train/validation split" in details
     assert "**What it does not:** the dataset and the test set" in details
@@ -633,64 +652,3 @@ def test_training_notebook_passes_settings_through_trainconfig(tmp_path):
     assert (config.epochs, config.seed) == (3, 2)
     with pytest.raises(ValueError, match="unknown setting"):
         experiments.run_config("smoke", "hrnet", 1, tmp_path, epoch=3)
-
-
-def _execute(notebook, output, parameters):
-    import papermill
-
-    return papermill.execute_notebook(
-        str(REPO / "notebooks" / notebook),
-        str(output),
-        parameters=parameters,
-        kernel_name="python3",
-        cwd=str(REPO / "notebooks"),
-        progress_bar=False,
-    )
-
-
-def _outputs(executed, mime):
-    return [
-        output for cell in executed["cells"] for output in cell.get("outputs", []) if mime in output.get("data", {})
-    ]
-
-
-@pytest.mark.slow
-def test_an_executed_training_notebook_shows_its_figure(tmp_path, monkeypatch):
-    """Executed by papermill, as run_all does, the training notebook holds its curves as an image (not
-    '<Figure size ... with 2 Axes>'): the figures module keeps the kernel's inline backend."""
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel chooses its own (inline), as in JupyterLab
-    executed = _execute(
-        "01_train.ipynb",
-        tmp_path / "01.ipynb",
-        dict(
-            arch="hrnet",
-            width=1,
-            seeds=[0],
-            profile="smoke",
-            results_dir=str(tmp_path / "results"),
-            pack=False,
-            quiet=True,
-            settings={"epochs": 1, "train_subset": 32, "val_subset": 16, "test_subset": 32},
-        ),
-    )
-    assert _outputs(executed, "image/png"), "no image/png output"
-    for output in _outputs(executed, "text/plain"):  # a figure's text form only beside its image
-        if "<Figure size" in "".join(output["data"]["text/plain"]):
-            assert "image/png" in output["data"]
-
-
-@pytest.mark.slow
-def test_figures_notebook_on_fixture_runs(fixture_results, tmp_path, monkeypatch):
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    results, runs = fixture_results
-    executed = _execute(
-        "02_figures.ipynb",
-        tmp_path / "02.ipynb",
-        dict(profile="smoke", results_dir=str(results), figures_dir=str(tmp_path / "figures")),
-    )
-    text = json.dumps(executed["cells"])
-    assert f"running: {runs['partial'].run_id}" in text and f"diverged: {runs['diverged'].run_id}" in text
-    assert all((tmp_path / "figures" / "smoke" / f"{stem}.png").stat().st_size > 0 for stem in FIGURE_STEMS)
-    assert (tmp_path / "figures" / "smoke" / "report.md").exists()
-    assert len(_outputs(executed, "image/png")) == len(FIGURE_STEMS)  # every figure shown once, in the page
-    assert "Not the paper's setting" in text

@@ -6,13 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import script_validation_losses, tiny_config
+from conftest import (
+    SMALL_NETWORK,
+    child_script,
+    script_validation_losses,
+    small_arguments,
+    small_config,
+    tiny_config,
+    wait_until_held,
+)
 
 import hrsnet.engine.trainer as train_module
 from hrsnet import rundir
@@ -190,6 +197,15 @@ def test_every_setting_is_an_option_and_round_trips():
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
 
 
+def test_the_tests_small_arguments_are_their_small_config(tmp_path):
+    """conftest.small_arguments, the command line of the tests' child processes, is small_config."""
+    from hrsnet.__main__ import build_parser, config_from_args
+
+    for overrides in ({}, dict(epochs=3, train_subset=32, patience=10, augment=True, deterministic=True)):
+        args = build_parser().parse_args(["train", *small_arguments(tmp_path, **overrides)])
+        assert config_from_args(args) == small_config(tmp_path, **overrides)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -205,7 +221,7 @@ def test_bad_options_are_one_clear_line(argv, message, capsys):
 
 
 def test_run_directory_schema(tmp_path):
-    result = fit(tiny_config(tmp_path, epochs=2))
+    result = fit(small_config(tmp_path, epochs=2, test_subset=64))
     run_dir = result.run_dir
     assert result.status.state == "complete"
     history = read_history(run_dir)
@@ -213,7 +229,9 @@ def test_run_directory_schema(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dataset"]["name"] == "digits" and config["train"]["arch"] == "hrnet"
     assert {"torch", "torchvision", "git_commit", "device_name"} <= set(config["environment"])
-    assert config["parameters"] == sum(p.numel() for p in train_module.create_model("hrnet", 2, 10).parameters())
+    assert config["model"]["units_per_branch"] == 1 and config["model"]["modules_per_stage"] == [1, 1, 1]
+    model = train_module.create_model("hrnet", 1, 10, **SMALL_NETWORK)
+    assert config["parameters"] == sum(p.numel() for p in model.parameters())
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train_indices"]).isdisjoint(split["val_indices"])
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
@@ -232,17 +250,7 @@ def test_run_directory_schema(tmp_path):
 
 
 def test_cifar100_fixture_trains_through_torchvision(tmp_path, cifar_checksums):
-    result = fit(
-        tiny_config(
-            tmp_path,
-            dataset="cifar100",
-            data_dir=str(cifar_checksums),
-            epochs=1,
-            train_subset=64,
-            val_subset=32,
-            test_subset=None,
-        )
-    )
+    result = fit(small_config(tmp_path, dataset="cifar100", data_dir=str(cifar_checksums), epochs=1, test_subset=None))
     assert result.status.state == "complete"
     with open(result.run_dir / "per_class.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -250,7 +258,7 @@ def test_cifar100_fixture_trains_through_torchvision(tmp_path, cifar_checksums):
 
 
 def test_finished_run_is_skipped_unless_forced(tmp_path):
-    config = tiny_config(tmp_path, epochs=1)
+    config = small_config(tmp_path, epochs=1)
     first = fit(config)
     stamp = (first.run_dir / "history.csv").stat().st_mtime_ns
     second = fit(config)
@@ -274,7 +282,7 @@ def test_early_stopping_semantics():
 def test_early_stop_in_a_run_and_the_best_checkpoint(tmp_path, monkeypatch):
     """Validation losses 1.0, 0.9, 0.95, 0.97: patience 2 stops after epoch 4; best is epoch 2."""
     script_validation_losses(monkeypatch, [1.0, 0.9, 0.95, 0.97])
-    result = fit(tiny_config(tmp_path, epochs=10, patience=2))
+    result = fit(small_config(tmp_path, epochs=10, patience=2))
     assert result.status.state == "early-stopped"
     assert "best 0.9000 at epoch 2" in result.status.reason
     assert len(read_history(result.run_dir)) == 4
@@ -283,18 +291,19 @@ def test_early_stop_in_a_run_and_the_best_checkpoint(tmp_path, monkeypatch):
 
 
 def test_divergence_is_a_status_not_a_crash(tmp_path):
-    result = fit(tiny_config(tmp_path, lr=1e30, epochs=3))
+    config = small_config(tmp_path, lr=1e30, epochs=3, train_subset=32)  # 2 batches: the 2nd's loss is not finite
+    result = fit(config)
     assert result.status.state == "diverged"
     assert "non-finite training loss" in result.status.reason and "epoch 1" in result.status.reason
     history = read_history(result.run_dir)
     assert len(history) == 1 and history[0]["train_loss"] == "nan"
     metrics = json.loads((result.run_dir / "test_metrics.json").read_text())
     assert metrics == {"last": None, "best": None}
-    assert fit(tiny_config(tmp_path, lr=1e30, epochs=3)).status.state == "diverged"  # finished: skipped
+    assert fit(config).status.state == "diverged"  # finished: skipped
 
 
 def test_failure_leaves_completed_epochs_and_resumes(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, epochs=3, patience=10)
+    config = small_config(tmp_path, epochs=3, patience=10)
     real_train = train_module.Trainer.train_one_epoch
 
     def crash_in_epoch_3(self, epoch):
@@ -315,7 +324,7 @@ def test_failure_leaves_completed_epochs_and_resumes(tmp_path, monkeypatch):
 
 def test_history_is_rewritten_from_the_checkpoint(tmp_path):
     """A crash between the checkpoint and history.csv: the checkpoint is the source of truth."""
-    config = tiny_config(tmp_path, epochs=2)
+    config = small_config(tmp_path, epochs=2)
     fit(config)
     run_dir = config.run_dir()
     lines = (run_dir / "history.csv").read_text().splitlines()
@@ -334,9 +343,9 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, capsys):
 
 
 def test_checkpoint_from_another_run_is_refused(tmp_path):
-    other = tiny_config(tmp_path, epochs=1, seed=5)
+    other = small_config(tmp_path, epochs=1, seed=5)
     fit(other)
-    config = tiny_config(tmp_path, epochs=1)
+    config = small_config(tmp_path, epochs=1)
     config.run_dir().mkdir(parents=True)
     (config.run_dir() / "last.pt").write_bytes((other.run_dir() / "last.pt").read_bytes())
     with pytest.raises(CheckpointError, match=f"belongs to run '{other.run_id}'"):
@@ -344,91 +353,63 @@ def test_checkpoint_from_another_run_is_refused(tmp_path):
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):
-    config = tiny_config(tmp_path, epochs=1)
+    config = small_config(tmp_path, epochs=1)
     fit(config)
     state = torch.load(config.run_dir() / "last.pt", weights_only=True)
     assert state["run_id"] == config.run_id and len(state["history"]) == 1
 
 
-def _train_command(results_dir):
-    return [
-        sys.executable,
-        "-m",
-        "hrsnet",
-        "train",
-        "--arch",
-        "hrnet",
-        "--width",
-        "2",
-        "--dataset",
-        "digits",
-        "--image-size",
-        "32",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--train-subset",
-        "96",
-        "--val-subset",
-        "32",
-        "--test-subset",
-        "32",
-        "--augment",
-        "--patience",
-        "10",
-        "--deterministic",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--results-dir",
-        str(results_dir),
-    ]
+def _train_arguments(results_dir) -> list[str]:
+    """A run of 3 epochs of 2 batches, augmented (its random state must resume too), deterministic."""
+    arguments = small_arguments(results_dir, epochs=3, train_subset=32, patience=10, augment=True, deterministic=True)
+    return ["train", *arguments]
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the children have (OMP_NUM_THREADS=1): the same sums in the same order.
+    The deterministic algorithms a --deterministic run switches on are switched off again after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
 
 
-def _signal_during_epoch(command, history, epochs_done, signum):
-    """Start ``command``; once history.csv has ``epochs_done`` epochs, wait into the next and send ``signum``."""
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if history.exists() and len(history.read_text().splitlines()) >= epochs_done + 1:
-            break
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the next epoch (an epoch takes seconds)
-    assert process.poll() is None, "the run finished before it could be signalled"
+def _signal_when_held(arguments, hold, hold_epoch, signum):
+    """Run ``arguments`` in a child that holds one step into epoch ``hold_epoch``; send it ``signum`` there."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, child_script(hold, hold_epoch=hold_epoch), *arguments]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until_held(process, hold)
     os.kill(process.pid, signum)
     _, stderr = process.communicate(timeout=60)
     return process.returncode, stderr
 
 
 @pytest.mark.slow
-def test_killed_then_interrupted_train_resumes_to_the_same_history(tmp_path):
-    """SIGKILL in epoch 2 leaves the run "running" after epoch 1; the same command resumes it, and
-    Ctrl-C (SIGINT) in epoch 3 marks it interrupted after epoch 2, says how to resume and exits 130;
-    the same command then ends with the history and test metrics of an uninterrupted run."""
-    reference = subprocess.run(_train_command(tmp_path / "reference"), env=_env(), capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr
+def test_killed_then_interrupted_train_resumes_to_the_same_history(tmp_path, one_thread):
+    """SIGKILL one step into epoch 2 leaves the run "running" after epoch 1; the same command
+    resumes it, and Ctrl-C (SIGINT) one step into epoch 3 marks it interrupted after epoch 2, says
+    how to resume and exits 130; the same command then ends with the history and test metrics of
+    an uninterrupted run (trained here, in this process, as is the last resume)."""
+    assert main(_train_arguments(tmp_path / "reference")) == 0
     reference_dir = next((tmp_path / "reference" / "runs").iterdir())
-    command = _train_command(tmp_path / "killed")
+    arguments = _train_arguments(tmp_path / "killed")
     run_dir = tmp_path / "killed" / "runs" / reference_dir.name
-    history = run_dir / "history.csv"
 
-    code, _ = _signal_during_epoch(command, history, 1, signal.SIGKILL)
+    code, _ = _signal_when_held(arguments, tmp_path / "hold2", 2, signal.SIGKILL)
     assert code == -signal.SIGKILL and len(read_history(run_dir)) == 1
     assert rundir.read_status(run_dir).state == "running"
 
-    code, stderr = _signal_during_epoch(command, history, 2, signal.SIGINT)
+    code, stderr = _signal_when_held(arguments, tmp_path / "hold3", 3, signal.SIGINT)
     assert code == 130 and "run the same command again to resume" in stderr
     status = rundir.read_status(run_dir)
     assert len(read_history(run_dir)) == 2
     assert status.state == "failed" and "interrupted after epoch 2" in status.reason
 
-    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(arguments) == 0
     expected, actual = read_history(reference_dir), read_history(run_dir)
     assert len(actual) == len(expected) == 3
     for want, got in zip(expected, actual):
@@ -440,7 +421,7 @@ def test_killed_then_interrupted_train_resumes_to_the_same_history(tmp_path):
 
 
 def test_a_run_reads_back_through_rundir(tmp_path):
-    result = fit(tiny_config(tmp_path, epochs=1))
+    result = fit(small_config(tmp_path, epochs=1))
     loaded = rundir.read_run(result.run_dir)
     assert loaded.status == result.status and loaded.test_metrics == result.test_metrics
-    assert loaded.history["epoch"].tolist() == [1] and (loaded.arch, loaded.width, loaded.seed) == ("hrnet", 2, 0)
+    assert loaded.history["epoch"].tolist() == [1] and (loaded.arch, loaded.width, loaded.seed) == ("hrnet", 1, 0)

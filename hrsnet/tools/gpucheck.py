@@ -24,8 +24,9 @@ is known: a run stopped by a timeout keeps what it checked. Checks, in this orde
 - memory: peak GPU memory of a training step per network and width at batch 16 and 128, next
   to hrsnet.preflight's estimate.
 
-``--dry-run`` runs on a CPU at tiny sizes (the test suite does): the checks that make sense
-there run for real, the CUDA-only ones are reported as "skipped: needs CUDA".
+``--dry-run`` runs on a CPU at tiny sizes, on a shallower network (DRY_RUN_MODEL_OPTIONS; the
+test suite does): the checks that make sense there run for real, the CUDA-only ones are reported
+as "skipped: needs CUDA".
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ NEEDS_CUDA = "skipped: needs CUDA"
 CHECKS = ("no_host_sync", "graph_vs_eager", "fast_paths", "fit_graphs", "checkpoint", "deterministic", "memory")
 FP32_LOSS, FP32_COSINE, BF16_LOSS = 1e-4, 0.999, 0.04
 CSV_COLUMNS = ["check", "case", "step", "metric", "value", "limit", "status", "detail"]
+# --dry-run's network: the preset with one module per stage and one unit per branch, every kind of
+# layer still in it. These checks compare code paths (fast vs plain step, checkpoint there and
+# back, two fits), which the depth plays no part in; on a CPU the depth is most of their time.
+DRY_RUN_MODEL_OPTIONS = (("modules_per_stage", (1, 1, 1)), ("units_per_branch", 1))
 
 
 @dataclass
@@ -150,6 +155,7 @@ class Sizes:
     steps: int
     fit_dataset: str
     fit_image_size: int
+    model_options: tuple[tuple[str, Any], ...] = ()  # the preset's (a GPU's checks) or DRY_RUN_MODEL_OPTIONS
 
 
 @contextlib.contextmanager
@@ -213,7 +219,8 @@ def _step(forward, optimizer, images, labels, index, settings: StepSettings) -> 
 
 def _model_and_optimizer(sizes: Sizes, device, channels_last: bool, kernel: str):
     torch.manual_seed(0)
-    model = build_model(sizes.arch, sizes.width).to(device=device, memory_format=memory_format(channels_last)).train()
+    model = build_model(sizes.arch, sizes.width, **dict(sizes.model_options))
+    model = model.to(device=device, memory_format=memory_format(channels_last)).train()
     protocol = TrainConfig()
     optimizer = make_optimizer(
         protocol.optimizer, model.parameters(), protocol.lr, protocol.momentum, protocol.weight_decay, kernel
@@ -454,6 +461,7 @@ def _tiny_config(results_dir: Path, sizes: Sizes, device: str, **overrides):
         device=device,
         quiet=True,
         results_dir=str(results_dir),
+        model_options=sizes.model_options,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -612,6 +620,7 @@ def run_gpucheck(args: argparse.Namespace) -> int:
         steps=args.steps or (1 if dry else 3),
         fit_dataset="digits" if dry else "synthetic",
         fit_image_size=32 if dry else 64,
+        model_options=DRY_RUN_MODEL_OPTIONS if dry else (),
     )
     output = Path(args.output) if args.output else Path("results") / "gpu" / device_slug(device)
     path = output if output.suffix == ".csv" else output / "gpucheck.csv"
