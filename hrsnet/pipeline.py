@@ -729,7 +729,7 @@ class Pipeline:
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[0]
         slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
-        if slurm_cpus.isdigit() and int(slurm_cpus) > 0:  # the CPUs Slurm gave this task, not the node's
+        if slurm_cpus.isdigit() and int(slurm_cpus) > 0:  # the CPUs Slurm allotted to this job, not the whole node's
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = slurm_cpus
         job = NotebookJob(
             f"train_{config.run_id}",
